@@ -1,0 +1,86 @@
+"""Atomic per-rank checkpoints with a manifest that marks a round consistent (DESIGN.md "Reliability").
+
+Layout::
+
+    RUN_DIR/checkpoints/round_00000120/server.pt
+    RUN_DIR/checkpoints/round_00000120/worker_3.pt
+    RUN_DIR/checkpoints/manifest.json      {"complete": [60, 120], "ranks": [...]}
+
+Every rank writes its own file (temp file + rename). The server adds a round to the manifest only after
+every worker has written its file for that round, so startup loads the latest *consistent* round.
+The checkpoint directory must be on storage shared by all nodes (a docker volume, NFS).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+
+
+def ckpt_root(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints")
+
+
+def _round_dir(run_dir: str, rnd: int) -> str:
+    return os.path.join(ckpt_root(run_dir), f"round_{rnd:08d}")
+
+
+def _atomic_write(path: str, write) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_rank(run_dir: str, rnd: int, name: str, state: dict[str, Any]) -> None:
+    """Write one rank's state for round `rnd` atomically."""
+    _atomic_write(os.path.join(_round_dir(run_dir, rnd), f"{name}.pt"), lambda fh: torch.save(state, fh))
+
+
+def load_rank(run_dir: str, rnd: int, name: str) -> dict[str, Any]:
+    return torch.load(os.path.join(_round_dir(run_dir, rnd), f"{name}.pt"), map_location="cpu",
+                      weights_only=False)
+
+
+def _manifest_path(run_dir: str) -> str:
+    return os.path.join(ckpt_root(run_dir), "manifest.json")
+
+
+def read_manifest(run_dir: str) -> dict[str, Any]:
+    try:
+        with open(_manifest_path(run_dir)) as fh:
+            return json.load(fh)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"complete": []}
+
+
+def latest_round(run_dir: str) -> int | None:
+    """The latest round that every rank has checkpointed, or None."""
+    complete = read_manifest(run_dir).get("complete", [])
+    return max(complete) if complete else None
+
+
+def mark_complete(run_dir: str, rnd: int, names: list[str], keep: int = 2) -> None:
+    """Record round `rnd` as consistent (all `names` present) and prune older rounds beyond `keep`."""
+    missing = [n for n in names if not os.path.exists(os.path.join(_round_dir(run_dir, rnd), f"{n}.pt"))]
+    if missing:
+        raise RuntimeError(f"checkpoint round {rnd} is missing {missing}")
+    man = read_manifest(run_dir)
+    complete = sorted(set(man.get("complete", [])) | {rnd})
+    drop, complete = complete[:-keep], complete[-keep:]
+    body = json.dumps({"complete": complete, "ranks": names}, indent=1).encode()
+    _atomic_write(_manifest_path(run_dir), lambda fh: fh.write(body))
+    for r in drop:
+        shutil.rmtree(_round_dir(run_dir, r), ignore_errors=True)

@@ -1,0 +1,162 @@
+"""Field-level validation of the run configuration (one clear line per error, naming field and limit).
+
+Cross-field checks that need the role packages (rule preconditions, attack names) live in
+`launch.validate`, which calls `check_fields` first; `launch.run` and `launch.node` both call it.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .data import DATASETS
+from .models import MODELS
+from .schedule import SCHEDULES
+
+ALGORITHMS = ("byzsgdm", "byzsgdnm", "hgo", "sgd")
+TRAIN_SIZES = {"mnist5k": 4000, "digits": 1437, "mnist": 60000, "cifar10": 50000}
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration; printed as one line, never with a traceback."""
+
+
+def _get(cfg: Mapping, path: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        if node is None or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _int(cfg, path, lo=None, hi=None, optional=False):
+    v = _get(cfg, path)
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"{path}={v!r} must be an integer")
+    if lo is not None and v < lo:
+        raise ConfigError(f"{path}={v} must be >= {lo}")
+    if hi is not None and v > hi:
+        raise ConfigError(f"{path}={v} must be <= {hi}")
+    return v
+
+
+def _num(cfg, path, lo=None, hi=None, lo_open=False, hi_open=False, optional=False):
+    v = _get(cfg, path)
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{path}={v!r} must be a number")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise ConfigError(f"{path}={v} must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and (v >= hi if hi_open else v > hi):
+        raise ConfigError(f"{path}={v} must be {'<' if hi_open else '<='} {hi}")
+    return v
+
+
+def _choice(cfg, path, choices):
+    v = _get(cfg, path)
+    if v not in choices:
+        raise ConfigError(f"{path}={v!r} is unknown; choose one of {list(choices)}")
+    return v
+
+
+def train_size(cfg: Mapping) -> int:
+    name = _get(cfg, "dataset.name")
+    if name == "synthetic":
+        return int(_get(cfg, "dataset.n_train", 4000))
+    return TRAIN_SIZES[name]
+
+
+def byzantine_ranks(cfg: Mapping) -> list[int]:
+    """Worker indices (1..m) that behave Byzantine: explicit `byzantine.ranks`, else `byzantine.count`
+    placed on the last ranks or at random with the seed. Only workers and evaluation helpers call this."""
+    import random
+
+    m = int(cfg["workers"])
+    ranks = _get(cfg, "byzantine.ranks")
+    if ranks is not None:
+        return sorted(int(r) for r in ranks)
+    count = int(_get(cfg, "byzantine.count", 0))
+    if _get(cfg, "byzantine.placement", "last") == "random":
+        return sorted(random.Random(int(cfg["seed"])).sample(range(1, m + 1), count))
+    return list(range(m - count + 1, m + 1))
+
+
+def check_fields(cfg: Mapping) -> None:
+    """Validate every field on its own and the simple cross-field limits; raise ConfigError."""
+    m = _int(cfg, "workers", 1, 4096)
+    count = _int(cfg, "byzantine.count", 0)
+    if count >= m:
+        raise ConfigError(f"byzantine.count={count} must be < workers={m} (at least one honest worker)")
+    ranks = _get(cfg, "byzantine.ranks")
+    if ranks is not None:
+        ranks = list(ranks)
+        if any(isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= m for r in ranks):
+            raise ConfigError(f"byzantine.ranks={ranks} must be worker indices in [1, {m}]")
+        if len(set(ranks)) != len(ranks) or len(ranks) >= m:
+            raise ConfigError(f"byzantine.ranks={ranks} must be distinct and fewer than workers={m}")
+    _choice(cfg, "byzantine.placement", ("last", "random"))
+    _choice(cfg, "algorithm.name", ALGORITHMS)
+    _choice(cfg, "dataset.name", DATASETS)
+    _choice(cfg, "dataset.partition", ("iid", "dirichlet", "shards"))
+    _num(cfg, "dataset.alpha", 0, lo_open=True)
+    _int(cfg, "dataset.classes_per_worker", 1)
+    _choice(cfg, "model.name", MODELS)
+    b = _int(cfg, "batch_size", 1)
+    _int(cfg, "epochs", 1)
+    _int(cfg, "max_rounds", 1, optional=True)
+    _num(cfg, "lr", 0, lo_open=True)
+    _num(cfg, "momentum", 0, 1, hi_open=True)
+    _num(cfg, "weight_decay", 0)
+    _choice(cfg, "weight_decay_placement", ("worker", "server", "none"))
+    _choice(cfg, "schedule.name", SCHEDULES)
+    _num(cfg, "schedule.gamma", 0, lo_open=True)
+    _int(cfg, "seed", 0)
+    _choice(cfg, "device", ("cpu", "cuda", "auto"))
+    _int(cfg, "eval_every", 1)
+    _choice(cfg, "comm.backend", ("auto", "gloo", "nccl"))
+    _int(cfg, "comm.master_port", 0, 65535)
+    _num(cfg, "comm.timeout_start_s", 1)
+    _num(cfg, "comm.timeout_round_s", 1)
+    _int(cfg, "run.max_restarts", 0)
+    _int(cfg, "checkpoint.every", 0)
+    _int(cfg, "checkpoint.keep", 1)
+    _int(cfg, "log.every", 1)
+    if _get(cfg, "dataset.name") == "synthetic":
+        _int(cfg, "dataset.n_train", 1)
+        _int(cfg, "dataset.n_test", 1)
+        _int(cfg, "dataset.num_classes", 2)
+    if _get(cfg, "algorithm.name") in ("byzsgdm", "byzsgdnm") and _get(cfg, "dataset.partition") == "iid":
+        shard = train_size(cfg) // m
+        if b > shard:
+            raise ConfigError(
+                f"batch_size={b} exceeds the shard size {shard} ({train_size(cfg)} training samples / {m} workers)")
+
+
+def check_run_dir(path: str) -> None:
+    """The run directory must be creatable and writable."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w") as fh:
+            fh.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"run.dir={path!r} is not writable ({e.strerror})") from None
+
+
+def model_kwargs(cfg: Mapping) -> dict:
+    """The model group's options other than its name (e.g. hidden, shortcut, norm)."""
+    return {k: v for k, v in cfg["model"].items() if k != "name"}
+
+
+def dataset_kwargs(cfg: Mapping) -> dict:
+    """Extra loader arguments (only the synthetic set has any)."""
+    ds = cfg["dataset"]
+    if ds["name"] != "synthetic":
+        return {}
+    return {"shape": tuple(ds["shape"]), "num_classes": int(ds["num_classes"]),
+            "n_train": int(ds["n_train"]), "n_test": int(ds["n_test"])}

@@ -1,0 +1,162 @@
+"""Process-group setup and the two collectives of a round (DESIGN.md "Processes and launch").
+
+Roles: the rank whose environment says BYZ_ROLE=server is the parameter server (with c10d rendezvous,
+e.g. one torchrun node per container, global rank order is not fixed); without it, global rank 0 is.
+Workers are the other ranks in global-rank order and get worker indices 1..m.
+
+Groups: the default group is always Gloo on the CPU (control: roles, barriers) with the generous
+start-up timeout. Round traffic runs on a data group with the shorter round timeout: NCCL when every
+rank owns a distinct GPU, Gloo otherwise (CPU, or ranks sharing a GPU, staged through pinned host memory).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+log = logging.getLogger("byz")
+
+
+@dataclass
+class Topology:
+    rank: int
+    world: int
+    server: int  # global rank of the server
+    workers: list[int]  # global ranks of workers; worker index k (1..m) is workers[k-1]
+    device: torch.device
+    backend: str  # of the data group
+    data_group: object
+    worker_group: object | None = None  # all workers: the knowledge channel of omniscient attacks
+    colluder_group: object | None = None  # Byzantine workers only (attack.knowledge=colluders)
+
+    @property
+    def is_server(self) -> bool:
+        return self.rank == self.server
+
+    @property
+    def worker_index(self) -> int:
+        """1..m for workers, 0 for the server."""
+        return 0 if self.is_server else self.workers.index(self.rank) + 1
+
+    @property
+    def m(self) -> int:
+        return len(self.workers)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda but no CUDA device is visible to this process")
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device("cuda", local % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init(cfg) -> Topology:
+    """Join the group started by torchrun and work out roles, device and the data group.
+
+    """
+    timeout = timedelta(seconds=float(cfg.comm.timeout_start_s))
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timeout)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world < 2:
+        raise RuntimeError("a run needs at least 2 processes (1 server + 1 worker)")
+    role = os.environ.get("BYZ_ROLE", "auto")
+    device = pick_device(str(cfg.device))
+    host = hash(socket.gethostname()) & 0x7FFFFFFF
+    me = torch.tensor([{"server": 1, "worker": 0}.get(role, -1), host,
+                       device.index if device.type == "cuda" else -1], dtype=torch.int64)
+    table = [torch.zeros(3, dtype=torch.int64) for _ in range(world)]
+    dist.all_gather(table, me)
+    claims = [r for r in range(world) if int(table[r][0]) == 1]
+    if len(claims) > 1:
+        raise RuntimeError(f"ranks {claims} all claim BYZ_ROLE=server; exactly one may")
+    server = claims[0] if claims else 0
+    workers = [r for r in range(world) if r != server]
+
+    backend = str(cfg.comm.backend)
+    gpus = [(int(t[1]), int(t[2])) for t in table]
+    distinct_gpus = all(g >= 0 for _, g in gpus) and len(set(gpus)) == world
+    if backend == "auto":
+        backend = "nccl" if distinct_gpus and dist.is_nccl_available() else "gloo"
+    if backend == "nccl" and not distinct_gpus:
+        raise RuntimeError("comm.backend=nccl needs one distinct GPU per rank; use gloo (host staging)")
+    round_timeout = timedelta(seconds=float(cfg.comm.timeout_round_s))
+    data_group = dist.new_group(list(range(world)), timeout=round_timeout, backend=backend)
+    worker_group = dist.new_group(workers, timeout=round_timeout, backend=backend)
+    return Topology(rank, world, server, workers, device, backend, data_group, worker_group)
+
+
+def join_colluders(topo: Topology, byzantine_workers: list[int], timeout_s: float) -> None:
+    """Byzantine workers build their own group among themselves (local synchronisation: no other rank
+    takes part, so the server never receives the roster, not even as a list of ranks)."""
+    if topo.is_server or topo.worker_index not in byzantine_workers:
+        return
+    members = [topo.workers[k - 1] for k in sorted(byzantine_workers)]
+    topo.colluder_group = dist.new_group(members, timeout=timedelta(seconds=timeout_s), backend=topo.backend,
+                                         use_local_synchronization=True)
+
+
+class Channel:
+    """Broadcast from the server and gather to the server, staging through host memory when the
+    data group is Gloo but tensors live on a GPU."""
+
+    def __init__(self, topo: Topology, buf: Tensor, row_len: int):
+        self.topo = topo
+        self.stage = topo.backend == "gloo" and buf.device.type == "cuda"
+        comm_dev = torch.device("cpu") if self.stage else buf.device
+        pin = self.stage
+        self.buf = buf
+        self.host_buf = torch.empty(buf.numel(), dtype=buf.dtype, pin_memory=pin) if self.stage else buf
+        self.row = torch.zeros(row_len, dtype=torch.float32, device=comm_dev, pin_memory=pin and comm_dev.type == "cpu")
+        self.rows = None
+        if topo.is_server:
+            self.rows = torch.zeros(topo.world, row_len, dtype=torch.float32, device=comm_dev)
+            self._gather_list = list(self.rows.unbind(0))
+
+    def broadcast(self) -> None:
+        if self.stage and self.topo.is_server:
+            self.host_buf.copy_(self.buf)
+        dist.broadcast(self.host_buf, src=self.topo.server, group=self.topo.data_group)
+        if self.stage and not self.topo.is_server:
+            self.buf.copy_(self.host_buf, non_blocking=True)
+
+    def gather(self) -> Tensor | None:
+        """Workers send `self.row`; the server receives every worker's row into `self.rows` and gets
+        back the (m, row_len) matrix of worker rows (a view when the server is global rank 0)."""
+        if self.topo.is_server:
+            dist.gather(self._gather_list[self.topo.server], self._gather_list, dst=self.topo.server,
+                        group=self.topo.data_group)
+            s = self.topo.server
+            if s == 0:
+                return self.rows[1:]
+            if s == self.topo.world - 1:
+                return self.rows[:-1]
+            return torch.cat([self.rows[:s], self.rows[s + 1:]])
+        dist.gather(self.row, None, dst=self.topo.server, group=self.topo.data_group)
+        return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False

@@ -1,0 +1,129 @@
+"""One rank of a run: `torchrun ... -m launch.node [hydra overrides]` (cluster entry), and the function
+that `launch.run` starts on every local rank.
+
+Every rank composes the same config; the run directory must come from config (`run.dir=...`), never
+from a per-process timestamp. Only the server writes outputs; workers stay quiet.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from common import dist as cdist
+from common.config import ConfigError, byzantine_ranks, check_run_dir
+
+log = logging.getLogger("byz")
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def server_view(cfg: DictConfig) -> DictConfig:
+    """The config the server gets: without the Byzantine roster and the attack (it must not know them)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    c.pop("byzantine", None)
+    c.pop("attack", None)
+    return OmegaConf.create(c)
+
+
+def run_summary_config(cfg: DictConfig) -> dict:
+    """Key config values for summary.json (written on the server rank by launch, which may know them)."""
+    from worker.attacks import AttackContext, get_attack
+
+    att = OmegaConf.to_container(cfg.attack, resolve=True)
+    name, knowledge = att.pop("name"), att.pop("knowledge", "omniscient")
+    attack = get_attack(name, **att)
+    m, byz = int(cfg.workers), byzantine_ranks(cfg)
+    resolved = {}
+    try:  # the attack's resolved parameters (e.g. ALIE's z) for this (m, f)
+        ctx = AttackContext(n=m, f=len(byz), aggregator=OmegaConf.to_container(cfg.aggregator, resolve=True),
+                            declared_f=int(cfg.aggregator.f))
+        resolved = attack.resolved(ctx) if _takes_ctx(attack.resolved) else attack.resolved()
+    except Exception as e:  # noqa: BLE001 - a summary detail must never fail the run
+        resolved = {"error": str(e)}
+    return {"attack": name, "attack_knowledge": knowledge, "attack_params": resolved,
+            "byzantine_count": len(byz), "byzantine_fraction": len(byz) / m, "workers": m,
+            "batch_size": int(cfg.batch_size), "lr": float(cfg.lr), "epochs": int(cfg.epochs),
+            "momentum": float(cfg.momentum), "weight_decay": float(cfg.weight_decay),
+            "weight_decay_placement": cfg.weight_decay_placement, "schedule": cfg.schedule.name,
+            "dataset": cfg.dataset.name, "partition": cfg.dataset.partition, "model": cfg.model.name,
+            "seed": int(cfg.seed)}
+
+
+def _takes_ctx(fn) -> bool:
+    import inspect
+
+    return len(inspect.signature(fn).parameters) >= 1
+
+
+def _setup_logging(is_server: bool, level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level if is_server else "WARNING", logging.INFO),
+                        format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S", force=True)
+
+
+def run_rank(container: dict, run_dir: str) -> None:
+    """Entry of one process: join the group, take the server or worker role, train."""
+    torch.set_num_threads(1)
+    cfg = OmegaConf.create(container)
+    topo = cdist.init(cfg)
+    _setup_logging(topo.is_server, str(cfg.log.level))
+    try:
+        if topo.is_server:
+            from server.trainer import Server
+
+            os.makedirs(run_dir, exist_ok=True)
+            cfg_path = os.path.join(run_dir, "config.yaml")
+            if not os.path.exists(cfg_path):
+                OmegaConf.save(cfg, cfg_path)
+            extra = run_summary_config(cfg)
+            server = Server(server_view(cfg), topo, run_dir, observers=_observers(cfg))
+            server.run({"config": extra})
+        else:
+            from worker.trainer import Worker
+
+            byz = byzantine_ranks(cfg)
+            cdist.join_colluders(topo, byz, float(cfg.comm.timeout_round_s))
+            Worker(cfg, topo, run_dir, byz).run()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _observers(cfg: DictConfig) -> list:
+    """Evaluation-only helpers handed to the server loop (they may know the roster; the loop does not)."""
+    if not cfg.log.get("oracle", False):
+        return []
+    from launch.oracle import OracleError
+
+    return [OracleError(byzantine_ranks(cfg), int(cfg.workers))]
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return hcompose(config_name="config", overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from launch.validate import validate
+
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = compose(overrides)
+        validate(cfg)
+        if not cfg.run.dir:
+            raise ConfigError("run.dir must be set for launch.node (every rank needs the same run directory)")
+        check_run_dir(str(cfg.run.dir))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_rank(OmegaConf.to_container(cfg, resolve=True), str(cfg.run.dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The parameter server's round loop for ByzSGDm / ByzSGDnm (DESIGN.md, "Round protocol").
+
+A round reads like the protocol: broadcast, gather, filter, aggregate, update, evaluate, log.
+The server never learns which workers are Byzantine: it only sees m rows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from common import checkpoint
+from common.config import dataset_kwargs, model_kwargs
+from common.data import load_dataset
+from common.dist import Channel, Topology
+from common.flat import H_CKPT, H_EPOCH, H_LR, H_ROUND, H_STOP, flatten_model
+from common.metrics import TB_NAMES, MetricsLogger
+from common.models import build_model
+from common.schedule import learning_rate
+from common.timing import PhaseTimer
+
+from .aggregators import get_aggregator
+from .aggregators.basic import midpoint_median
+from .update import apply_update
+
+log = logging.getLogger("byz")
+META = 2  # trailing floats of every worker row: compute seconds, train loss
+HUGE = 1e20  # rows with an entry beyond this are counted as "huge" (they still reach the robust rule)
+
+
+def rounds_per_epoch(cfg, train_size: int) -> int:
+    return (train_size // int(cfg.workers)) // int(cfg.batch_size)
+
+
+def aggregator_params(cfg) -> tuple[str, int, list, dict]:
+    """(name, declared f, pre list, params) of the configured rule."""
+    a = dict(cfg.aggregator)
+    name, f, pre = a.pop("name"), a.pop("f"), list(a.pop("pre", []) or [])
+    if f is None:
+        raise ValueError("aggregator.f must be resolved before the server starts (launch resolves it)")
+    return name, int(f), pre, a
+
+
+@torch.no_grad()
+def evaluate(model, x: Tensor, y: Tensor, batch: int = 1000) -> tuple[float, float]:
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(y), batch):
+        out = model(x[i:i + batch])
+        loss += float(F.cross_entropy(out, y[i:i + batch], reduction="sum"))
+        correct += int((out.argmax(1) == y[i:i + batch]).sum())
+    model.train()
+    return correct / len(y), loss / len(y)
+
+
+class Server:
+    def __init__(self, cfg, topo: Topology, run_dir: str,
+                 observers: list[Callable[[int, Tensor, Tensor], dict]] | None = None):
+        self.cfg, self.topo, self.run_dir = cfg, topo, run_dir
+        self.observers = observers or []
+        self.device = topo.device
+        ds = load_dataset(cfg.dataset.name, cfg.dataset.root, bool(cfg.dataset.download), int(cfg.seed),
+                          **dataset_kwargs(cfg))
+        self.x_test, self.y_test = ds.x_test.to(self.device), ds.y_test.to(self.device)
+        torch.manual_seed(int(cfg.seed))
+        self.fm = flatten_model(build_model(cfg.model.name, ds.input_shape, ds.num_classes, **model_kwargs(cfg)),
+                                self.device)
+        self.d, self.k = self.fm.d, self.fm.k
+        self.m = topo.m
+        self.chan = Channel(topo, self.fm.buf, self.d + self.k + META)
+        name, f, pre, params = aggregator_params(cfg)
+        self.f = f
+        self.agg = get_aggregator(name, self.m, f, pre=pre, **params)
+        self.rpe = rounds_per_epoch(cfg, len(ds.y_train))
+        self.total_rounds = int(cfg.epochs) * self.rpe
+        if cfg.max_rounds is not None:
+            self.total_rounds = min(self.total_rounds, int(cfg.max_rounds))
+        self.timer = PhaseTimer(cuda_sync=self.device.type == "cuda")
+        self.round = 0
+        self.restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+        self.best_acc, self.last_eval = 0.0, (float("nan"), float("nan"))
+        self.bytes_received = 0
+        self.counts = {"excluded_nonfinite": 0, "rows_zero": 0, "rows_huge": 0}
+        self.wall_before = 0.0  # wall seconds of earlier attempts (restored from a checkpoint)
+
+    # ------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"round": self.round, "buf": self.fm.buf.cpu().clone(), "agg": self.agg.state_dict(),
+                "best_acc": self.best_acc, "last_eval": self.last_eval, "bytes": self.bytes_received,
+                "counts": dict(self.counts), "timer": dict(self.timer.total),
+                "wall": self.wall_before + time.perf_counter() - self.t_start,
+                "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.round = int(s["round"])
+        self.fm.buf.copy_(s["buf"])
+        self.agg.load_state_dict(s["agg"])
+        self.best_acc, self.last_eval = s["best_acc"], tuple(s["last_eval"])
+        self.bytes_received, self.counts = s["bytes"], dict(s["counts"])
+        self.timer.total.update(s["timer"])
+        self.wall_before = float(s["wall"])
+        torch.set_rng_state(s["rng"])
+
+    def _ckpt_names(self) -> list[str]:
+        return ["server"] + [f"worker_{k}" for k in range(1, self.m + 1)]
+
+    # ------------------------------------------------------------------------------------ round
+    def _header(self, t: int, stop: bool, ckpt: bool) -> float:
+        epoch = t // self.rpe
+        lr = learning_rate(self.cfg.schedule.name, float(self.cfg.lr), epoch, int(self.cfg.epochs),
+                           list(self.cfg.schedule.milestones), float(self.cfg.schedule.gamma))
+        h = self.fm.header
+        h.zero_()
+        h[H_ROUND], h[H_EPOCH], h[H_LR] = t, epoch, lr
+        h[H_STOP], h[H_CKPT] = float(stop), float(ckpt)
+        return lr
+
+    def _want_ckpt(self, t: int) -> bool:
+        every = int(self.cfg.checkpoint.every)
+        return every > 0 and t > 0 and t % every == 0
+
+    def run(self, summary_extra: dict | None = None) -> dict:
+        """Train to the end (resuming from the latest consistent checkpoint) and write summary.json."""
+        cfg = self.cfg
+        self.t_start = time.perf_counter()
+        start = checkpoint.latest_round(self.run_dir)
+        if start is not None:
+            self.load_state_dict(checkpoint.load_rank(self.run_dir, start, "server"))
+            log.info("resuming from the checkpoint of round %d (restart %d)", start, self.restarts)
+        metrics = MetricsLogger(self.run_dir, self.round, bool(cfg.log.tensorboard))
+        bar = _progress(cfg, self.total_rounds, self.round)
+        normalize, eps = bool(cfg.algorithm.normalize), float(cfg.algorithm.eps)
+        wd_server = float(cfg.weight_decay) if cfg.weight_decay_placement == "server" else 0.0
+        params, d, k = self.fm.params, self.d, self.k
+        timer = self.timer
+        while self.round < self.total_rounds:
+            t = self.round
+            ckpt = self._want_ckpt(t)
+            if ckpt:
+                checkpoint.save_rank(self.run_dir, t, "server", self.state_dict())
+            lr = self._header(t, stop=False, ckpt=ckpt)
+            t0 = time.perf_counter()
+            with timer("communication"):
+                self.chan.broadcast()
+                rows = self.chan.gather()
+            if ckpt:  # every worker wrote its round-t state before sending its row
+                checkpoint.mark_complete(self.run_dir, t, self._ckpt_names(), int(cfg.checkpoint.keep))
+            self.bytes_received += rows.numel() * rows.element_size()
+            meta = rows[:, d + k:]
+            compute = float(meta[:, 0].clamp(0, 1e6).nan_to_num(0).max())
+            timer.add("compute", compute)
+            timer.total["communication"] -= min(compute, timer.last["communication"])
+            with timer("aggregation"):
+                u_rows, bn_rows = rows[:, :d], rows[:, d:d + k]
+                ok = torch.isfinite(rows[:, :d + k]).all(dim=1)
+                excluded = int((~ok).sum())
+                if excluded:
+                    u_rows, bn_rows = u_rows[ok], bn_rows[ok]
+                if u_rows.shape[0] == 0:
+                    raise RuntimeError(f"round {t}: every worker row was non-finite")
+                a = self.agg(u_rows, max(0, self.f - excluded))
+                if k:
+                    self.fm.bn.copy_(midpoint_median(bn_rows))
+            with timer("update"):
+                if wd_server:
+                    a = a + wd_server * params
+                a_norm = apply_update(params, a, lr, normalize, eps)
+            absmax = u_rows.abs().amax(dim=1)
+            zero, huge = int((absmax == 0).sum()), int((absmax > HUGE).sum())
+            for key, v in (("excluded_nonfinite", excluded), ("rows_zero", zero), ("rows_huge", huge)):
+                self.counts[key] += v
+            self.round = t + 1
+            epoch_end = self.round % self.rpe == 0
+            epochs_done = self.round // self.rpe
+            last = self.round == self.total_rounds
+            row = None
+            if (epoch_end and epochs_done % int(cfg.eval_every) == 0) or last:
+                with timer("evaluation"):
+                    acc, loss = evaluate(self.fm.model, self.x_test, self.y_test)
+                self.best_acc, self.last_eval = max(self.best_acc, acc), (acc, loss)
+                row = {"test_accuracy": acc, "test_loss": loss}
+                if bar is not None:
+                    bar.set_postfix(acc=f"{acc:.3f}", epoch=epochs_done)
+            if row is not None or self.round % int(cfg.log.every) == 0:
+                losses = meta[:, 1][torch.isfinite(meta[:, 1])]
+                row = {"round": self.round, "epoch": self.round / self.rpe, "time": time.perf_counter() - self.t_start,
+                       "lr": lr, "agg_norm": a_norm, "train_loss": float(losses.median()) if len(losses) else None,
+                       "round_time": time.perf_counter() - t0,
+                       **{f"t_{p}": timer.last.get(p, 0.0) for p in ("compute", "communication", "aggregation", "update")},
+                       "excluded_nonfinite": excluded, "rows_zero": zero, "rows_huge": huge, **(row or {})}
+                for obs in self.observers:
+                    row.update(obs(t, rows[:, :d], a))
+                metrics.log(row, TB_NAMES)
+            if bar is not None:
+                bar.update(1)
+        # stop: workers write their final state, then everyone meets at the barrier
+        self._header(self.round, stop=True, ckpt=True)
+        checkpoint.save_rank(self.run_dir, self.round, "server", self.state_dict())
+        self.chan.broadcast()
+        torch.distributed.barrier()
+        checkpoint.mark_complete(self.run_dir, self.round, self._ckpt_names(), int(cfg.checkpoint.keep))
+        if bar is not None:
+            bar.close()
+        metrics.close()
+        summary = self.summary()
+        for key, v in (summary_extra or {}).items():
+            if isinstance(v, dict) and isinstance(summary.get(key), dict):
+                summary[key].update(v)
+            else:
+                summary[key] = v
+        with open(os.path.join(self.run_dir, "summary.json"), "w") as fh:
+            json.dump(summary, fh, indent=1)
+        return summary
+
+    def summary(self) -> dict:
+        cfg = self.cfg
+        wall = self.wall_before + time.perf_counter() - self.t_start
+        acc, loss = self.last_eval
+        name, f, pre, params = aggregator_params(cfg)
+        tb = {p: round(self.timer.total.get(p, 0.0), 4)
+              for p in ("compute", "communication", "aggregation", "update", "evaluation")}
+        return {
+            "final_test_accuracy": acc, "best_test_accuracy": self.best_acc,
+            "final_test_loss": loss if math.isfinite(loss) else None,
+            "rounds_completed": self.round, "epochs_completed": self.round / self.rpe,
+            "wall_seconds": wall, "rounds_per_second": self.round / wall if wall > 0 else 0.0,
+            "restarts": self.restarts, "time_breakdown": tb, "bytes_received": self.bytes_received,
+            "inputs": dict(self.counts), "d": self.d, "bn_floats": self.k,
+            "config": {"algorithm": cfg.algorithm.name, "aggregator": name, "f": f, "pre": pre,
+                       "aggregator_params": params, "device": str(self.device), "backend": self.topo.backend},
+        }
+
+
+def _progress(cfg, total: int, initial: int):
+    if not cfg.log.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="rounds", unit="rd", dynamic_ncols=True, mininterval=0.5)
