@@ -68,3 +68,11 @@ def test_undefined_z_and_unknown_mode_are_refused_with_the_field_name():
         get_attack("alie").check(8, 5)
     with pytest.raises(ValueError, match="attack.z='median' must be a number or one of"):
         get_attack("alie", z="median")
+
+
+def test_resolved_with_the_run_context_reports_z_before_any_round():
+    attack = get_attack("alie")
+    assert attack.resolved() == {"z_mode": "karimireddy"}
+    resolved = attack.resolved(AttackContext(n=25, f=5))
+    assert resolved == {"z_mode": "karimireddy", "z": pytest.approx(0.2533, abs=1e-4), "n": 25, "f": 5}
+    assert get_attack("alie_opt").resolved(AttackContext(aggregator={"name": "cm"}))["rule"] == "cm"

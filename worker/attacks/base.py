@@ -102,8 +102,12 @@ class Attack:
         """HGO: the block length this worker claims; b_honest unless `lie_length` (then d)."""
         return int(d) if self.lie_length else int(b_honest)
 
-    def resolved(self) -> dict[str, Any]:
-        """The parameters actually used (e.g. ALIE's z), recorded in summary.json."""
+    def resolved(self, ctx: AttackContext | None = None) -> dict[str, Any]:
+        """The parameters actually used (e.g. ALIE's z), recorded in summary.json.
+
+        Before any round has run, pass the run's context (n, f, the server's rule) to get the values
+        the attack will use; afterwards the values of the last round are reported.
+        """
         return {"lie_length": True} if self.lie_length else {}
 
     def state_dict(self) -> dict:

@@ -22,9 +22,9 @@ class Fill(Attack):
     def craft(self, u: Tensor, honest: Tensor | None, ctx: AttackContext) -> Tensor:
         return torch.full_like(u, self.value)
 
-    def resolved(self) -> dict:
+    def resolved(self, ctx: AttackContext | None = None) -> dict:
         value = self.value if math.isfinite(self.value) else str(self.value)  # summary.json stays strict JSON
-        return {**super().resolved(), "value": value}
+        return {**super().resolved(ctx), "value": value}
 
 
 @register("nan")

@@ -70,8 +70,8 @@ class Mimic(Attack):
             self.target_rank = int(ctx.honest_ranks[self.target])
         return honest[self.target].clone()
 
-    def resolved(self) -> dict:
-        out = {**super().resolved(), "target": self.target, "warmup": self.warmup}
+    def resolved(self, ctx: AttackContext | None = None) -> dict:
+        out = {**super().resolved(ctx), "target": self.target, "warmup": self.warmup}
         if self.target_rank is not None:
             out["target_rank"] = self.target_rank
         return out

@@ -48,8 +48,8 @@ class FallOfEmpires(Attack):
     def craft(self, u: Tensor, honest: Tensor | None, ctx: AttackContext) -> Tensor:
         return honest_mean(honest) * (-self.epsilon)
 
-    def resolved(self) -> dict:
-        return {**super().resolved(), "epsilon": self.epsilon}
+    def resolved(self, ctx: AttackContext | None = None) -> dict:
+        return {**super().resolved(ctx), "epsilon": self.epsilon}
 
 
 def alie_supporters(n: int, f: int) -> int:
@@ -128,8 +128,10 @@ class ALittleIsEnough(Attack):
         z = self.z(ctx.n, ctx.f)
         return honest_mean(honest) - coordinate_std(honest) * z
 
-    def resolved(self) -> dict:
-        out = {**super().resolved(), "z_mode": self.z_mode}
+    def resolved(self, ctx: AttackContext | None = None) -> dict:
+        out = {**super().resolved(ctx), "z_mode": self.z_mode}
+        if ctx is not None and self._last is None:
+            self.z(ctx.n, ctx.f)
         if self.z_fixed is not None:
             out["z"] = self.z_fixed
         elif self._last is not None:

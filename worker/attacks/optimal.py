@@ -116,8 +116,9 @@ class LineSearchAttack(Attack):
         self.rounds += 1
         return self.vector(self.tau, mu, sigma)
 
-    def resolved(self) -> dict[str, Any]:
-        out = {**super().resolved(), "rule": self.rule, "evals": self.evals, "start": self.start,
+    def resolved(self, ctx: AttackContext | None = None) -> dict[str, Any]:
+        rule = self.rule or (ctx.aggregator.get("name") if ctx is not None else None)
+        out = {**super().resolved(ctx), "rule": rule, "evals": self.evals, "start": self.start,
                "delta": self.delta, "ratio": self.ratio}
         if self.rounds:
             out.update(tau_last=self.tau, tau_mean=self.tau_sum / self.rounds, objective_last=self.objective)

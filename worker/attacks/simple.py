@@ -31,8 +31,8 @@ class BitFlip(Attack):
     def craft(self, u: Tensor, honest: Tensor | None, ctx: AttackContext) -> Tensor:
         return u * (-self.scale)
 
-    def resolved(self) -> dict:
-        return {**super().resolved(), "scale": self.scale}
+    def resolved(self, ctx: AttackContext | None = None) -> dict:
+        return {**super().resolved(ctx), "scale": self.scale}
 
 
 @register("gaussian")
@@ -64,8 +64,8 @@ class Gaussian(Attack):
         noise = torch.randn(u.shape, generator=g, device=g.device, dtype=u.dtype)
         return (noise * self.sigma + self.mu).to(u.device)
 
-    def resolved(self) -> dict:
-        return {**super().resolved(), "mu": self.mu, "sigma": self.sigma, "independent": self.independent}
+    def resolved(self, ctx: AttackContext | None = None) -> dict:
+        return {**super().resolved(ctx), "mu": self.mu, "sigma": self.sigma, "independent": self.independent}
 
 
 def flip_labels(y: Tensor, num_classes: int) -> Tensor:
