@@ -1,8 +1,10 @@
 """Attacks against their formulas on controlled inputs (ALGORITHMS.md §5)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from worker.attacks import ATTACKS, AttackContext, flip_labels, get_attack
 
@@ -25,6 +27,17 @@ def test_registry_holds_every_attack_of_the_library_api():
     names = {"none", "bitflip", "signflip", "alie", "foe", "ipm", "gaussian", "labelflip", "mimic",
              "alie_opt", "foe_opt", "nan", "inf", "large", "zero"}
     assert names <= set(ATTACKS)
+
+
+def test_every_attack_config_builds_its_attack_with_the_yaml_defaults():
+    files = sorted(Path(__file__).resolve().parents[1].glob("conf/attack/*.yaml"))
+    built = set()
+    for path in files:
+        params = yaml.safe_load(path.read_text())
+        name, knowledge = params.pop("name"), params.pop("knowledge")
+        assert name == path.stem and knowledge in ("omniscient", "colluders")
+        built.add(get_attack(name, **params).name)
+    assert built == {cls.name for cls in ATTACKS.values()}
 
 
 def test_only_omniscient_attacks_ask_for_the_honest_vectors():
