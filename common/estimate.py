@@ -67,7 +67,7 @@ def _mean_grad(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, chunk: i
     return total
 
 
-def estimate_sigma2(model: nn.Module, x: Tensor, y: Tensor, n_samples: int | None = 512,
+def estimate_sigma2(model: nn.Module, x: Tensor, y: Tensor, n_samples: int | None = 256,
                     loss_fn: LossFn = F.cross_entropy, seed: int = 0, chunk: int = 128) -> float:
     """Per-sample gradient variance sigma^2 = (1/N) sum_i ||grad f_i(w) - grad F(w)||^2 (Assumption 1),
     with F the mean of f_i over the N samples (x, y).
@@ -92,9 +92,9 @@ def estimate_sigma2(model: nn.Module, x: Tensor, y: Tensor, n_samples: int | Non
         model.train(was_training)
 
 
-def estimate_L(model: nn.Module, x: Tensor, y: Tensor, batch: int | None = 1024,
-               loss_fn: LossFn = F.cross_entropy, weight_decay: float = 0.0, iters: int = 50,
-               tol: float = 1e-4, seed: int = 0) -> float:
+def estimate_L(model: nn.Module, x: Tensor, y: Tensor, batch: int | None = 512,
+               loss_fn: LossFn = F.cross_entropy, weight_decay: float = 0.0, iters: int = 30,
+               tol: float = 1e-3, seed: int = 0) -> float:
     """Local smoothness: |lambda_max| of the Hessian of F (+ weight_decay/2 ||w||^2) at the current w,
     by power iteration on Hessian-vector products H v = d/dw <grad F(w), v> over a batch of `batch`
     samples (all of x when None). Stops when the Rayleigh quotient changes by less than `tol` relative.
@@ -210,4 +210,4 @@ def robustness_c(rule: str, n: int, f: int) -> tuple[float | None, str]:
         raise ValueError(f"n={n}, f={f_eff}: a robust rule needs n > 2f")
     kappa_fn, note = ROBUSTNESS[rule]
     kappa = kappa_fn(f_eff / (n - 2 * f_eff))
-    return kappa / (2.0 * f_eff / n), note + (f" (evaluated at f=1)" if f == 0 else "")
+    return kappa / (2.0 * f_eff / n), note + (" (evaluated at f=1)" if f == 0 else "")
