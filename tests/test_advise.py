@@ -1,0 +1,56 @@
+"""The batch-size advisor (launch.advise): its rows against common.theory, and the CLI on the default
+config (small estimator samples to stay fast)."""
+import re
+
+import pytest
+
+from common import theory
+from launch.advise import advise_rows, eval_frac, main
+
+NUM = r"[-+0-9.e]+"
+
+
+def test_rows_follow_eq10_eq11_and_prop2():
+    p = dict(sigma2=35.0, L=5.0, F0=2.3, c=2.0, m=8)
+    rows = advise_rows(p["sigma2"], p["L"], p["F0"], p["c"], p["m"], 4000, 10, [0.0, 0.125, 0.25, 0.375])
+    assert [r["delta"] for r in rows] == [0.0, 0.125, 0.25, 0.375]
+    for r in rows:
+        C = 10 * 4000 * (1 - r["delta"])
+        assert r["C"] == pytest.approx(C)
+        assert r["b_star"] == pytest.approx(theory.b_star(delta=r["delta"], C=C, **p))
+        assert r["U_star"] == pytest.approx(theory.U_at_b_star(delta=r["delta"], C=C, **p))
+        assert r["b_tilde"] == pytest.approx(theory.b_tilde_star(delta=r["delta"], **p))
+        assert r["b_int"] in (max(int(r["b_star"]), 1), int(r["b_star"]) + 1)
+        assert r["T"] == pytest.approx(C / (r["b_int"] * 8 * (1 - r["delta"])))
+    assert [r["b_star"] for r in rows] == sorted(r["b_star"] for r in rows)
+    # a non-robust rule (c = None) only has the delta = 0 row
+    assert [r["delta"] for r in advise_rows(1.0, 1.0, 1.0, None, 8, 4000, 10, [0.0, 0.25])] == [0.0]
+
+
+def test_eval_frac():
+    assert eval_frac("3/8") == 0.375 and eval_frac(" 0.25 ") == 0.25
+
+
+def test_cli_on_the_default_config(tmp_path, capsys):
+    out = tmp_path / "u.png"
+    assert main(["--out", str(out), "--samples", "64", "--hvp-batch", "128"]) == 0
+    text = capsys.readouterr().out
+    assert out.stat().st_size > 1000
+    consts = {k: float(re.search(rf"^{k}\s*= ({NUM})", text, re.M).group(1))
+              for k in ("sigma\\^2", "L", "F0", "c")}
+    sigma2, L, F0, c = consts.values()
+    assert sigma2 > 0 and L > 0 and F0 == pytest.approx(2.30, abs=0.1)  # ln(10) at initialisation
+    rows = {m.group(1): (float(m.group(2)), float(m.group(3)))
+            for m in re.finditer(rf"^\s*(0|1/8|1/4|3/8)\s+({NUM})\s+({NUM})\s", text, re.M)}
+    assert set(rows) == {"0", "1/8", "1/4", "3/8"}
+    for key, (C, b) in rows.items():
+        d = eval_frac(key)
+        assert C == pytest.approx(10 * 4000 * (1 - d), rel=1e-3)  # default: 10 epochs, 4000 samples
+        assert b == pytest.approx(theory.b_star(sigma2, L, F0, c, d, 8, C), rel=2e-3, abs=1e-9)
+    assert rows["0"][1] < rows["1/8"][1] < rows["1/4"][1] < rows["3/8"][1]
+
+
+def test_cli_reports_config_errors_in_one_line(capsys):
+    assert main(["--out", "unused.png", "no_such_key_group=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("advise: config error:") and "\n" not in err
