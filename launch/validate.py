@@ -37,8 +37,8 @@ def validate(cfg: DictConfig, check_data: bool = True) -> None:
         get_attack(aname, **att)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"attack: {e}") from None
-    if check_data and cfg.dataset.name in ("mnist", "cifar10"):
-        try:
+    if check_data and cfg.dataset.name != "synthetic":
+        try:  # fails early for an absent offline dataset; warms the cache of the embedded one
             load_dataset(cfg.dataset.name, cfg.dataset.root, bool(cfg.dataset.download))
         except DatasetUnavailable as e:
             raise ConfigError(str(e)) from None
