@@ -2,9 +2,9 @@
 
     python -m launch.report DIR [DIR ...] [--out OUTDIR]
 
-Walks the DIRs for run directories (any directory holding summary.json, config.yaml or metrics.jsonl;
-hidden directories, tb/ and checkpoints/ are skipped) and writes OUTDIR/report.md (default OUTDIR: the
-first DIR) with
+Walks the DIRs for run directories (any directory holding summary.json, config.yaml or metrics.jsonl,
+or a hydra job directory with .hydra/; hidden directories, tb/ and checkpoints/ are not searched) and
+writes OUTDIR/report.md (default OUTDIR: the first DIR) with
 - per setting (dataset, model, attack, delta, ...): rows rule x algorithm, columns "Best" and the batch
   sizes B x m (paper A, Tables 2-5);
 - per rule x algorithm x attack: rows batch sizes, columns delta = byzantine_count / workers, no-attack
@@ -104,6 +104,8 @@ def load_run(path: str) -> Run:
     cfg: dict = {}
     problems = []
     ypath = os.path.join(path, "config.yaml")
+    if not os.path.isfile(ypath):  # a hydra job that stopped before writing its run files
+        ypath = os.path.join(path, ".hydra", "config.yaml")
     if os.path.isfile(ypath):
         try:
             cfg = _config_from_yaml(_yaml(ypath))
@@ -135,6 +137,10 @@ def load_run(path: str) -> Run:
                     continue
                 if isinstance(row, dict):
                     metrics.append(row)
+    if not summary:
+        last = _last_line(os.path.join(path, "run.log"))
+        if last:
+            problems.append(f"run.log: {last[:160]}")
     if summary and not problems:
         acc = summary.get("final_test_accuracy")
         if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
@@ -145,13 +151,24 @@ def load_run(path: str) -> Run:
     return Run(path, not problems, "; ".join(problems), summary, cfg, metrics)
 
 
+def _last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as fh:
+            lines = [ln.strip() for ln in fh.readlines()[-50:] if ln.strip()]
+        return lines[-1] if lines else ""
+    except OSError:
+        return ""
+
+
 def find_runs(dirs: Iterable[str]) -> list[Run]:
-    """Every run directory under dirs (sorted by path)."""
+    """Every run directory under dirs (sorted by path): a directory with a run file, or a hydra job
+    directory (with .hydra/) whose job may have stopped before writing any."""
     found = []
     for top in dirs:
         for root, subdirs, files in os.walk(top):
+            hydra_job = ".hydra" in subdirs
             subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d not in SKIP_DIRS)
-            if any(f in files for f in RUN_FILES):
+            if hydra_job or any(f in files for f in RUN_FILES):
                 found.append(load_run(root))
     return sorted(found, key=lambda r: r.path)
 
@@ -461,6 +478,11 @@ def plot_time(runs: Sequence[Run], out: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- report
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def _rel(path: str, base: str) -> str:
     try:
         return os.path.relpath(path, base)
@@ -518,7 +540,7 @@ def write_report(dirs: Sequence[str], out: str) -> tuple[str, list[Run]]:
             c = r.config
             what = ", ".join(f"{k}={c[k]}" for k in ("algorithm", "aggregator", "attack", "byzantine_count",
                                                       "batch_size", "lr") if k in c)
-            md.append(f"| {_rel(r.path, base)} | {r.reason} | {what or '–'} |")
+            md.append(f"| {_cell(_rel(r.path, base))} | {_cell(r.reason)} | {_cell(what or '–')} |")
         md.append("")
     path = os.path.join(out, "report.md")
     with open(path, "w") as fh:

@@ -136,20 +136,27 @@ def test_failed_jobs_are_listed_not_fatal(tmp_path):
     make_run(str(tmp_path), "cut", summary="partial")
     make_run(str(tmp_path), "noacc", summary="no_acc")
     os.makedirs(tmp_path / "empty_dir")
+    os.makedirs(tmp_path / "hydra_job" / ".hydra")  # a job stopped before writing its run files
+    (tmp_path / "hydra_job" / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"algorithm": {"name": "byzsgdnm"}, "aggregator": {"name": "cm"}, "batch_size": 64}))
+    (tmp_path / "hydra_job" / "run.log").write_text("starting\nbatch_size=64 must be <= 50 | shard\n")
     with open(tmp_path / "good" / "metrics.jsonl", "a") as fh:
         fh.write('{"round": 40, "epoch": 4.0, "test_acc')  # a row cut short
     runs = {os.path.basename(r.path): r for r in find_runs([str(tmp_path)])}
-    assert set(runs) == {"good", "crashed", "cut", "noacc"}
+    assert set(runs) == {"good", "crashed", "cut", "noacc", "hydra_job"}
     assert runs["good"].ok and len(runs["good"].metrics) == 3
     assert "no summary.json" in runs["crashed"].reason
     assert "summary.json unreadable" in runs["cut"].reason
     assert "final_test_accuracy" in runs["noacc"].reason
+    assert "run.log: batch_size=64 must be <= 50" in runs["hydra_job"].reason
+    assert runs["hydra_job"].config["batch_size"] == 64
     assert main([str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
-    assert "4 run directories" in md and "1 finished, 3 failed" in md
+    assert "5 run directories" in md and "1 finished, 4 failed" in md
     failed = md.split("## Failed runs")[1]
-    for name in ("crashed", "cut", "noacc"):
+    for name in ("crashed", "cut", "noacc", "hydra_job"):
         assert f"| {name} |" in failed
+    assert "<= 50 \\| shard" in failed  # a '|' in a reason cannot break the table
     assert "| ByzSGDm + CC | 90.00% | 90.00% |" in md
 
 
