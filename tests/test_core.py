@@ -1,0 +1,143 @@
+"""Unit tests of the core: flat views, momentum, updates, schedule, partitions, models, sampler."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common.data import augment_crop_flip, load_dataset, make_partition, partition_iid
+from common.flat import HEADER, flatten_model, views_intact
+from common.models import build_model, num_parameters
+from common.schedule import learning_rate
+from server.update import apply_update
+from worker.data import ShardSampler
+from worker.trainer import momentum_step
+
+
+def test_flat_views_alias_parameters_and_gradients_without_copies():
+    torch.manual_seed(0)
+    fm = flatten_model(build_model("cnn", (1, 28, 28), 10))
+    assert fm.d == num_parameters(fm.model) == 46730
+    assert fm.buf.numel() == HEADER + fm.d + fm.k
+    ptr, gptr = fm.buf.data_ptr(), fm.grad.data_ptr()
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    for _ in range(3):  # a few "rounds": backward must accumulate into the flat gradient in place
+        fm.grad.zero_()
+        F.cross_entropy(fm.model(x), y).backward()
+        fm.params.add_(fm.grad, alpha=-0.1)
+    assert fm.buf.data_ptr() == ptr and fm.grad.data_ptr() == gptr
+    assert views_intact(fm)
+    # the flat gradient equals the autograd gradient of a fresh copy of the same parameters
+    ref = build_model("cnn", (1, 28, 28), 10)
+    torch.nn.utils.vector_to_parameters(fm.params.clone(), ref.parameters())
+    fm.grad.zero_()
+    F.cross_entropy(fm.model(x), y).backward()
+    F.cross_entropy(ref(x), y).backward()
+    expect = torch.cat([p.grad.flatten() for p in ref.parameters()])
+    torch.testing.assert_close(fm.grad, expect)
+
+
+def test_flat_buffers_carry_batchnorm_statistics():
+    fm = flatten_model(build_model("resnet20", (3, 32, 32), 10))
+    assert fm.d == 269722
+    assert fm.k == 1376  # running mean + var of 19 BN layers (688 channels)
+    fm.model.train()
+    fm.model(torch.randn(4, 3, 32, 32))
+    assert float(fm.bn.abs().sum()) > 0  # the forward pass wrote the statistics into the flat buffer
+
+
+def test_resnet20_parameter_counts_match_he_et_al():
+    assert num_parameters(build_model("resnet20", (3, 32, 32), 10)) == 269722
+    assert num_parameters(build_model("resnet20", (3, 32, 32), 10, shortcut="B")) == 272474
+    gn = build_model("resnet20", (3, 32, 32), 10, norm="gn")
+    assert num_parameters(gn) == 269722 and not any(b.numel() for b in gn.buffers())
+    assert build_model("resnet20", (3, 32, 32), 10)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_mlp_and_logreg_shapes():
+    assert num_parameters(build_model("mlp", (1, 28, 28), 10)) == 784 * 100 + 100 + 100 * 10 + 10
+    assert num_parameters(build_model("mlp", (1, 28, 28), 10, hidden=[30])) == 784 * 30 + 30 + 30 * 10 + 10
+    assert num_parameters(build_model("logreg", (1, 28, 28), 10)) == 7850
+
+
+def test_momentum_recursion_is_the_ema_with_u0_equal_g0():
+    g = [torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.0]), torch.tensor([-1.0, 4.0])]
+    u = torch.zeros(2)
+    beta = 0.9
+    momentum_step(u, g[0], beta, first=True)
+    assert torch.equal(u, g[0])
+    momentum_step(u, g[1], beta, first=False)
+    torch.testing.assert_close(u, torch.tensor([0.9 * 1 + 0.1 * 3, 0.9 * -2 + 0.1 * 0]))
+    momentum_step(u, g[2], beta, first=False)
+    torch.testing.assert_close(u, torch.tensor([0.9 * 1.2 + 0.1 * -1, 0.9 * -1.8 + 0.1 * 4]))
+
+
+def test_normalized_update_moves_exactly_lr_and_plain_update_moves_lr_times_a():
+    w = torch.zeros(3)
+    a = torch.tensor([3.0, 4.0, 0.0])
+    norm = apply_update(w, a, lr=0.5, normalize=True)
+    assert norm == pytest.approx(5.0)
+    torch.testing.assert_close(w, torch.tensor([-0.3, -0.4, 0.0]))
+    assert float(w.norm()) == pytest.approx(0.5)
+    w = torch.zeros(3)
+    apply_update(w, a, lr=0.5, normalize=False)
+    torch.testing.assert_close(w, torch.tensor([-1.5, -2.0, 0.0]))
+    w = torch.ones(3)
+    apply_update(w, torch.zeros(3), lr=1.0, normalize=True)  # ||a|| = 0: guarded, no NaN
+    assert torch.equal(w, torch.ones(3))
+
+
+def test_cosine_schedule_matches_paper_a():
+    assert learning_rate("cosine", 2.0, 0, 160) == pytest.approx(2.0)
+    assert learning_rate("cosine", 2.0, 80, 160) == pytest.approx(1.0)
+    assert learning_rate("cosine", 2.0, 159, 160) == pytest.approx(1.0 * (1 + math.cos(math.pi * 159 / 160)))
+    assert learning_rate("step", 1.0, 10, 20, [5, 10], 0.1) == pytest.approx(0.01)
+    assert learning_rate("constant", 0.3, 7, 10) == 0.3
+
+
+def test_iid_partition_equal_disjoint_shards():
+    shards = partition_iid(4000, 8, seed=0)
+    assert [len(s) for s in shards] == [500] * 8
+    assert len(torch.unique(torch.cat(shards))) == 4000
+
+
+@pytest.mark.parametrize("kind", ["dirichlet", "shards"])
+def test_noniid_partitions_cover_disjoint_indices(kind):
+    labels = torch.arange(1000) % 10
+    shards = make_partition(kind, labels, 10, seed=1, alpha=0.3, classes_per_worker=2)
+    allidx = torch.cat(shards)
+    assert len(allidx) == len(torch.unique(allidx))
+    assert sum(len(s) for s in shards) == 1000
+    if kind == "shards":  # each worker sees at most 2 classes (+1 at a piece boundary)
+        assert max(len(torch.unique(labels[s])) for s in shards) <= 3
+    else:
+        assert [len(s) for s in shards] == [100] * 10
+
+
+def test_sampler_is_a_function_of_the_round_only():
+    x, y = torch.arange(100.0).view(100, 1), torch.arange(100)
+    a, b = ShardSampler(x, y, 10, seed=3, worker=2), ShardSampler(x, y, 10, seed=3, worker=2)
+    epoch0 = torch.cat([a.batch(t)[1] for t in range(10)])
+    assert sorted(epoch0.tolist()) == list(range(100))  # one epoch = one pass over the shard
+    assert torch.equal(a.batch(13)[1], b.batch(13)[1])  # b jumps straight to round 13 (resume)
+    assert not torch.equal(a.batch(3)[1], a.batch(13)[1])
+
+
+def test_augmentation_is_a_crop_of_the_padded_image_or_its_mirror():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    out = augment_crop_flip(x, torch.Generator().manual_seed(0), pad=2)
+    assert out.shape == x.shape
+    padded = F.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        found = any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(-1))
+                    for c in (padded[i, :, r:r + 8, s:s + 8] for r in range(5) for s in range(5)))
+        assert found
+
+
+def test_embedded_dataset_shapes():
+    ds = load_dataset("mnist5k")
+    assert ds.x_train.shape == (4000, 1, 28, 28) and ds.x_test.shape == (1000, 1, 28, 28)
+    assert set(ds.y_train.unique().tolist()) == set(range(10))
+    assert load_dataset("digits").x_train.shape == (1437, 1, 8, 8)
+    syn = load_dataset("synthetic", shape=(3, 32, 32), num_classes=10, n_train=64, n_test=16)
+    assert syn.x_train.shape == (64, 3, 32, 32)
