@@ -66,16 +66,19 @@ def measure(cfg, samples: int = 256, hvp_batch: int = 512, f_star: float = 0.0, 
                         **dataset_kwargs(cfg))
     torch.manual_seed(int(cfg.seed))  # the trainer's initial point: same seed, then build_model
     model = build_model(cfg.model.name, data.input_shape, data.num_classes, **model_kwargs(cfg))
+    name = str(_cfg_get(cfg, "device", "cpu"))
+    device = torch.device("cuda" if name in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+    model = model.to(device)
     wd = float(_cfg_get(cfg, "weight_decay", 0.0) or 0.0)
     if str(_cfg_get(cfg, "weight_decay_placement", "worker")) == "none":
         wd = 0.0
     seed = int(cfg.seed) if seed is None else seed
-    x, y = data.x_train, data.y_train
+    x, y = data.x_train.to(device), data.y_train.to(device)
     return dict(
         sigma2=estimate_sigma2(model, x, y, n_samples=samples, seed=seed),
         L=estimate_L(model, x, y, batch=hvp_batch, weight_decay=wd, seed=seed),
         F0=estimate_F0(model, x, y, f_star=f_star, weight_decay=wd),
-        n_train=len(y), weight_decay=wd,
+        n_train=len(y), weight_decay=wd, device=str(device),
     )
 
 
@@ -112,6 +115,7 @@ def _frac(d: float) -> str:
 
 
 def format_table(rows: list[dict], shard: int, batch_cfg: int) -> str:
+    """The rows as a fixed-width text table."""
     head = (f"{'delta':>7} {'C':>11} {'B*':>10} {'B int':>6} {'T':>9} {'U(B*)':>11} "
             f"{'B~*':>10} {'eq.17':>10}")
     lines = [head, "-" * len(head)]
@@ -224,6 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("note: paper A's bounds assume i.i.d. shards; the configured partition is not i.i.d.")
     print(f"budget C = epochs x {samples_per_epoch} samples x (1 - delta)")
     print(format_table(rows, shard, int(cfg.batch_size)))
+    here = [r for r in rows if abs(r["delta"] - delta_cfg) < 1e-12 and r["delta"] > 0]
+    if here:
+        from common import theory
+
+        r, b = here[0], int(cfg.batch_size)
+        u = theory.U(b, est["sigma2"], est["L"], est["F0"], c, r["delta"], m, r["C"])
+        print(f"at the configured delta = {_frac(delta_cfg)}: U({b}) = {u:.4g}, "
+              f"{100 * (u / r['U_star'] - 1):.1f}% above U(B*) = {r['U_star']:.4g} at B* = {r['b_star']:.4g}")
     if c is None:
         print("note: rows with delta > 0 are omitted: the mean has no robustness constant (pass --c)")
     plot(args.out, est["sigma2"], est["L"], est["F0"], c, m, samples_per_epoch, epochs, rows,
