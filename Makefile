@@ -8,6 +8,8 @@ ARGS    ?=
 
 .PHONY: venv run test test-fast lint bench report advise clean
 
+include docker/docker.mk
+
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -100,5 +101,36 @@ def main(cfg: DictConfig) -> float | None:
     return float(s["final_test_accuracy"])
 
 
-if __name__ == "__main__":
+def composition_error(e: Exception) -> str:
+    """Hydra's multi-line composition errors as one line naming the field and the choices."""
+    text = str(e)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "Config search path:" in lines:
+        lines = lines[:lines.index("Config search path:")]
+    found = re.match(r"In '[^']*': Could not find '([^']+)/([^']+)'", lines[0]) if lines else None
+    if found:
+        options = [ln for ln in lines[1:] if not ln.startswith("Available options")]
+        return f"{found[1]}={found[2]!r} is unknown; choose one of [{', '.join(options)}]"
+    key = re.match(r"Could not override '([^']+)'", lines[0]) if lines else None
+    if key:
+        return f"{key[1]} is not a configuration field (see conf/config.yaml; new keys need +{key[1]}=...)"
+    return "; ".join(lines[:2]) or type(e).__name__
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """Check that plain overrides compose (one-line errors), then hand over to hydra's main."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    plain = [a for a in args if not a.startswith("hydra.")]
+    if not any(a.startswith("-") for a in args) and not any("," in a for a in plain):
+        from launch.node import compose
+
+        try:
+            compose(plain)
+        except Exception as e:  # noqa: BLE001 - hydra raises several exception types for user errors
+            print(f"error: {composition_error(e)}", file=sys.stderr)
+            sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -28,7 +28,7 @@ def validate(cfg: DictConfig, check_data: bool = True) -> None:
     try:
         get_aggregator(name, int(cfg.workers), f, pre=pre, **agg)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"aggregator: {e}") from None
+        raise ConfigError(str(e)) from None
     att = OmegaConf.to_container(cfg.attack, resolve=True)
     aname, knowledge = att.pop("name"), att.pop("knowledge", "omniscient")
     if knowledge not in ("omniscient", "colluders"):
@@ -36,7 +36,7 @@ def validate(cfg: DictConfig, check_data: bool = True) -> None:
     try:
         get_attack(aname, **att)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"attack: {e}") from None
+        raise ConfigError(str(e)) from None
     if check_data and cfg.dataset.name != "synthetic":
         try:  # fails early for an absent offline dataset; warms the cache of the embedded one
             load_dataset(cfg.dataset.name, cfg.dataset.root, bool(cfg.dataset.download))
