@@ -1,7 +1,8 @@
 """Process-group setup and the two collectives of a round (DESIGN.md "Processes and launch").
 
-Roles: the rank whose environment says BYZ_ROLE=server is the parameter server (with c10d rendezvous,
-e.g. one torchrun node per container, global rank order is not fixed); without it, global rank 0 is.
+Roles: with c10d rendezvous the global rank order is not fixed, so the node whose environment says
+BYZ_ROLE=server runs the parameter server on its local rank 0 (its other local ranks are workers);
+without it, global rank 0 is the server.
 Workers are the other ranks in global-rank order and get worker indices 1..m.
 
 Groups: the default group is always Gloo on the CPU (control: roles, barriers) with the generous
@@ -71,6 +72,8 @@ def init(cfg) -> Topology:
     if world < 2:
         raise RuntimeError("a run needs at least 2 processes (1 server + 1 worker)")
     role = os.environ.get("BYZ_ROLE", "auto")
+    if role == "server" and int(os.environ.get("LOCAL_RANK", 0)) != 0:
+        role = "worker"  # BYZ_ROLE=server marks the node: its local rank 0 serves, the others work
     device = pick_device(str(cfg.device))
     host = hash(socket.gethostname()) & 0x7FFFFFFF
     me = torch.tensor([{"server": 1, "worker": 0}.get(role, -1), host,
