@@ -50,6 +50,21 @@ class Topology:
         return len(self.workers)
 
 
+def _attempt_store(timeout: timedelta) -> dict:
+    """Under torchrun, join the agent's store under a prefix of this restart attempt.
+
+    The agent keeps one store across restarts; without a per-attempt prefix a restarted group reads the
+    previous attempt's Gloo addresses (dead peers) and fails with "connection refused".
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), int(env["WORLD_SIZE"]), False, timeout)
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": dist.PrefixStore(f"byz/attempt_{attempt}", store), "rank": int(env["RANK"]),
+            "world_size": int(env["WORLD_SIZE"])}
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,7 +82,7 @@ def init(cfg) -> Topology:
     """
     timeout = timedelta(seconds=float(cfg.comm.timeout_start_s))
     if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=timeout)
+        dist.init_process_group("gloo", timeout=timeout, **_attempt_store(timeout))
     rank, world = dist.get_rank(), dist.get_world_size()
     if world < 2:
         raise RuntimeError("a run needs at least 2 processes (1 server + 1 worker)")
@@ -163,3 +178,29 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+class Heartbeat:
+    """Which worker answered which round, kept in the group's c10d store (one small `set` per worker per
+    round). When a collective times out, the server reads it to name the workers that did not answer."""
+
+    def __init__(self, topo: Topology):
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        self.topo, self.store = topo, _get_default_store()
+
+    def sent(self, t: int) -> None:
+        self.store.set(f"byz/hb/{self.topo.worker_index}", str(t))
+
+    def missing(self, t: int) -> list[int]:
+        """Worker indices whose last answered round is before t."""
+        late = []
+        for k in range(1, self.topo.m + 1):
+            key = f"byz/hb/{k}"
+            try:
+                last = int(self.store.get(key)) if self.store.check([key]) else -1
+            except Exception:  # noqa: BLE001 - the store itself may be gone; report what we can
+                last = -1
+            if last < t:
+                late.append(k)
+        return late

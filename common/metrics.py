@@ -1,7 +1,8 @@
 """One metrics sink for the rank that owns the numbers (the server): metrics.jsonl + TensorBoard.
 
-On resume from round t, rows of rounds >= t are dropped from metrics.jsonl and TensorBoard purges its
-events from step t on, so a restarted run has neither duplicated nor missing rounds.
+Rows are keyed by `round` = the number of rounds completed. On resume from a checkpoint taken after t
+rounds, rows with round > t are dropped from metrics.jsonl and TensorBoard purges its events from step
+t + 1 on, so a restarted run has neither duplicated nor missing rounds.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_round if start_round else None)
+            self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_round + 1 if start_round else None)
 
     def _truncate(self, start_round: int) -> None:
         if not os.path.exists(self.path):
@@ -32,7 +33,7 @@ class MetricsLogger:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line from a crash
-                if row.get("round", 0) < start_round:
+                if row.get("round", 0) <= start_round:
                     keep.append(line if line.endswith("\n") else line + "\n")
         tmp = self.path + ".tmp"
         with open(tmp, "w") as fh:

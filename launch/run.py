@@ -59,7 +59,7 @@ def launch_group(cfg: DictConfig, run_dir: str) -> None:
         min_nodes=1, max_nodes=1, nproc_per_node=int(cfg.workers) + 1,
         run_id=f"byz-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d", rdzv_endpoint=f"{addr}:{port}",
         rdzv_configs={"timeout": int(cfg.comm.timeout_start_s)}, max_restarts=int(cfg.run.max_restarts),
-        monitor_interval=0.2, start_method="forkserver",
+        monitor_interval=0.2, start_method=os.environ.get("BYZ_START_METHOD", "forkserver"),
     )
     elastic_launch(lc, run_rank)(OmegaConf.to_container(cfg, resolve=True), run_dir)
 

@@ -19,7 +19,8 @@ from torch import Tensor
 from common import checkpoint
 from common.config import dataset_kwargs, model_kwargs
 from common.data import load_dataset
-from common.dist import Channel, Topology
+from common.dist import Channel, Heartbeat, Topology
+from common.fault import maybe_inject
 from common.flat import H_CKPT, H_EPOCH, H_LR, H_ROUND, H_STOP, flatten_model
 from common.metrics import TB_NAMES, MetricsLogger
 from common.models import build_model
@@ -135,6 +136,8 @@ class Server:
             self.load_state_dict(checkpoint.load_rank(self.run_dir, start, "server"))
             log.info("resuming from the checkpoint of round %d (restart %d)", start, self.restarts)
         metrics = MetricsLogger(self.run_dir, self.round, bool(cfg.log.tensorboard))
+        heartbeat = Heartbeat(self.topo)
+        torch.distributed.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
         bar = _progress(cfg, self.total_rounds, self.round)
         normalize, eps = bool(cfg.algorithm.normalize), float(cfg.algorithm.eps)
         wd_server = float(cfg.weight_decay) if cfg.weight_decay_placement == "server" else 0.0
@@ -142,14 +145,21 @@ class Server:
         timer = self.timer
         while self.round < self.total_rounds:
             t = self.round
+            maybe_inject(cfg, 0, t)
             ckpt = self._want_ckpt(t)
             if ckpt:
                 checkpoint.save_rank(self.run_dir, t, "server", self.state_dict())
             lr = self._header(t, stop=False, ckpt=ckpt)
             t0 = time.perf_counter()
-            with timer("communication"):
-                self.chan.broadcast()
-                rows = self.chan.gather()
+            try:
+                with timer("communication"):
+                    self.chan.broadcast()
+                    rows = self.chan.gather()
+            except RuntimeError as e:  # a timeout or a dead peer: name the workers that did not answer
+                late = heartbeat.missing(t)
+                log.error("round %d failed after %.1f s: no answer from worker(s) %s (%s)", t,
+                          time.perf_counter() - t0, late or "?", str(e).strip().splitlines()[0][:200])
+                raise
             if ckpt:  # every worker wrote its round-t state before sending its row
                 checkpoint.mark_complete(self.run_dir, t, self._ckpt_names(), int(cfg.checkpoint.keep))
             self.bytes_received += rows.numel() * rows.element_size()

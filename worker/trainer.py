@@ -17,7 +17,8 @@ from torch import Tensor
 from common import checkpoint
 from common.config import dataset_kwargs, model_kwargs
 from common.data import load_dataset, make_partition
-from common.dist import Channel, Topology
+from common.dist import Channel, Heartbeat, Topology
+from common.fault import maybe_inject
 from common.flat import H_CKPT, H_ROUND, H_STOP, flatten_model
 from common.models import build_model
 
@@ -117,6 +118,8 @@ class Worker:
         ctx = AttackContext(n=self.topo.m, f=len(self.byzantine), rank=self.index,
                             aggregator=dict(cfg.aggregator), declared_f=int(cfg.aggregator.f))
         row, d, k = self.chan.row, self.d, self.k
+        heartbeat = Heartbeat(self.topo)
+        dist.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
         while True:
             self.chan.broadcast()
             h = self.fm.header
@@ -125,6 +128,7 @@ class Worker:
                 checkpoint.save_rank(self.run_dir, t, f"worker_{self.index}", self.state_dict())
             if h[H_STOP] > 0:
                 break
+            maybe_inject(cfg, self.index, t)
             t0 = time.perf_counter()
             loss = self.gradient(t)
             momentum_step(self.u, self.fm.grad, self.beta, first=self.t_done < 0)
@@ -142,4 +146,5 @@ class Worker:
             row[d + k] = time.perf_counter() - t0
             row[d + k + 1] = loss
             self.chan.gather()
+            heartbeat.sent(t)
         dist.barrier()

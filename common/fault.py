@@ -1,0 +1,30 @@
+"""Fault injection for reliability tests and drills: `fault.kind=kill|stop|raise fault.rank=K fault.round=T`.
+
+Rank 0 is the server, k >= 1 is worker k. The fault fires once, in the first attempt of the group only
+(torchrun's restart count is 0), at the start of round T, so the restarted group runs clean and must
+resume from its checkpoint. `kill` is a real SIGKILL, `stop` a real SIGSTOP (a hung process that
+never answers), `raise` an exception (a crash with a traceback).
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+
+def maybe_inject(cfg, who: int, t: int) -> None:
+    fault = cfg.get("fault") if hasattr(cfg, "get") else None
+    if not fault or fault.get("kind", "none") == "none":
+        return
+    if int(fault.get("rank", -1)) != who or int(fault.get("round", -1)) != t:
+        return
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) != 0:
+        return
+    kind = fault["kind"]
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif kind == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    elif kind == "raise":
+        raise RuntimeError(f"injected fault at round {t} on rank {who}")
+    else:
+        raise ValueError(f"fault.kind={kind!r} is unknown; choose none, kill, stop or raise")

@@ -1,0 +1,67 @@
+"""End-to-end runs with real processes (1 server + 8 workers over Gloo). Few and short."""
+import importlib.util
+import os
+
+import pytest
+
+from tests.helpers import launch, metrics, summary
+
+pytestmark = pytest.mark.e2e
+CHECK_RUN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tools", "check_run.py")
+
+
+def _check_run_contract(run_dir):
+    if not os.path.exists(CHECK_RUN):
+        pytest.skip("the output-contract checker is not beside the repository")
+    spec = importlib.util.spec_from_file_location("check_run", CHECK_RUN)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.check(str(run_dir))
+
+
+def test_no_attack_reaches_90_percent_on_mnist5k_and_writes_every_contract_file(tmp_path):
+    run = tmp_path / "clean"
+    launch(run, "attack=none", "aggregator=cm")
+    s = summary(run)
+    assert s["epochs_completed"] == 10 and s["rounds_completed"] == 150
+    assert s["final_test_accuracy"] >= 0.90, s["final_test_accuracy"]
+    assert s["best_test_accuracy"] >= s["final_test_accuracy"]
+    assert s["bytes_received"] == 150 * 8 * (s["d"] + s["bn_floats"] + 2) * 4
+    assert set(s["time_breakdown"]) == {"compute", "communication", "aggregation", "update", "evaluation"}
+    assert _check_run_contract(run) == []
+    rows = metrics(run)
+    rounds = [r["round"] for r in rows]
+    assert rounds == sorted(set(rounds)) and rounds[-1] == 150
+    assert [r["test_accuracy"] for r in rows if "test_accuracy" in r][-1] == pytest.approx(s["final_test_accuracy"])
+    # TensorBoard read back with tensorboard's own event reader
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    series = acc.Scalars("test/accuracy")
+    assert [e.step for e in series] == [15 * k for k in range(1, 11)]
+    assert series[-1].value == pytest.approx(s["final_test_accuracy"], abs=1e-6)
+
+
+def test_bitflip_breaks_mean_but_not_coordinate_median(tmp_path):
+    accs = {}
+    for rule in ("mean", "cm"):
+        launch(tmp_path / rule, "attack=bitflip", f"aggregator={rule}", "epochs=4")
+        accs[rule] = summary(tmp_path / rule)["final_test_accuracy"]
+    assert accs["mean"] < 0.3 and accs["cm"] > 0.8, accs
+
+
+def test_hydra_override_changes_the_run_and_multirun_sweeps(tmp_path):
+    run = tmp_path / "krum"
+    launch(run, "aggregator=cm", "attack=signflip", "byzantine.count=1", "max_rounds=4", "batch_size=16")
+    s = summary(run)
+    assert s["config"]["aggregator"] == "cm" and s["config"]["attack"] == "signflip"
+    assert s["config"]["byzantine_count"] == 1 and s["config"]["batch_size"] == 16
+    assert s["rounds_completed"] == 4
+    sweep = tmp_path / "sweep"
+    proc = launch(tmp_path / "unused", "--multirun", "aggregator=mean,cm", "attack=none", "max_rounds=2",
+                  f"hydra.sweep.dir={sweep}", "run.dir=null")
+    assert proc.returncode == 0
+    found = sorted(p for p in os.listdir(sweep) if os.path.exists(sweep / p / "summary.json"))
+    assert found == ["0", "1"]
+    assert {summary(sweep / j)["config"]["aggregator"] for j in found} == {"mean", "cm"}
