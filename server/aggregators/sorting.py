@@ -1,14 +1,143 @@
-"""Sorting the n rows coordinate by coordinate: the shared kernel of CM, TM, MeaMed, Phocas, Bulyan.
+"""Sorting the n rows coordinate by coordinate: the shared kernel of CM, TM, MeaMed, Phocas, Bulyan, AKSEL.
 
-NaN sorts last here (torch.sort semantics); rows that carry NaN are excluded by the server before
-any rule runs, so this is only a last line of defence.
+A coordinate-wise rule needs, for every column of an (n, d) matrix, its n values in order. A general
+sort along dim 0 (`torch.sort(x, 0)`) pays a per-column overhead that dominates for small n. On CPU we
+instead run a *sorting network* on cache-sized column chunks: every comparator is one
+`torch.minimum` / `torch.maximum` over whole rows of the chunk, so the work is a fixed sequence of
+vectorised elementwise ops and the chunk stays in cache while it is sorted (DESIGN.md, "Measured
+pointers for speed"). Two networks are used, whichever needs fewer comparator rows for n:
+
+* odd-even transposition (n rounds of neighbour compare-exchanges, about n(n-1)/2 comparators);
+* bitonic (Batcher 1968) on n padded with +inf rows to the next power of two P,
+  (P/4) log2 P (log2 P + 1) comparators in log2 P (log2 P + 1)/2 layers.
+
+For large n, and on GPU, `torch.sort` is used instead.
+
+NaN does not order: a network spreads it to its neighbours in the column, torch.sort puts it last.
+Rows carrying NaN are excluded by the server before any rule runs, and every rule falls back to
+dropping non-finite rows when its output is not finite (registry.Rule.__call__), so here NaN only
+has to not crash.
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
+#: Beyond this many rows torch.sort is used (the networks were measured faster up to n = 64).
+NETWORK_MAX_N = 64
+#: Elements (rows x columns) of one chunk buffer; two ping-pong buffers of this size stay in cache.
+CHUNK_ELEMENTS = {"transposition": 2**17, "bitonic": 2**18, "sort": 2**20}
 
-def sorted_rows(x: Tensor) -> Tensor:
-    """Return x sorted along dim 0 (each column ascending), same shape and dtype."""
-    return torch.sort(x, dim=0).values
+
+def _transposition_cost(n: int) -> int:
+    return (n // 2) * ((n + 1) // 2) + ((n - 1) // 2) * (n // 2)  # rows touched: even + odd rounds
+
+
+def _bitonic_cost(n: int) -> int:
+    p = 1 << max(0, (n - 1).bit_length())
+    lg = p.bit_length() - 1
+    return (p // 2) * lg * (lg + 1) // 2 * 7 // 5  # its strided comparators cost ~1.4x (measured)
+
+
+def network_kind(n: int) -> str:
+    """Which network sorts n rows (or "sort" for torch.sort)."""
+    if n > NETWORK_MAX_N:
+        return "sort"
+    return "bitonic" if _bitonic_cost(n) < _transposition_cost(n) else "transposition"
+
+
+def _transposition(src: Tensor, dst: Tensor) -> Tensor:
+    """Odd-even transposition network on the rows of src (clobbers both buffers, returns the sorted one)."""
+    n = src.shape[0]
+    for r in range(n):
+        s = r % 2
+        k = (n - s) // 2
+        if k == 0:
+            continue
+        lo, hi = src[s:s + 2 * k:2], src[s + 1:s + 2 * k:2]
+        torch.minimum(lo, hi, out=dst[s:s + 2 * k:2])
+        torch.maximum(lo, hi, out=dst[s + 1:s + 2 * k:2])
+        if s == 1:
+            dst[0].copy_(src[0])
+        if s + 2 * k < n:
+            dst[s + 2 * k:].copy_(src[s + 2 * k:])
+        src, dst = dst, src
+    return src
+
+
+def _bitonic(src: Tensor, dst: Tensor) -> Tensor:
+    """Bitonic network on the P = 2^k rows of src (clobbers both buffers, returns the sorted one)."""
+    p, c = src.shape
+    k = 2
+    while k <= p:
+        j = k // 2
+        while j >= 1:
+            if k == p:  # the last merge is ascending everywhere
+                a, b = src.view(p // (2 * j), 2, j, c).unbind(1)
+                ao, bo = dst.view(p // (2 * j), 2, j, c).unbind(1)
+                torch.minimum(a, b, out=ao)
+                torch.maximum(a, b, out=bo)
+            else:  # blocks of k rows alternate ascending / descending
+                v = src.view(p // (2 * k), 2, k // (2 * j), 2, j, c)
+                w = dst.view(p // (2 * k), 2, k // (2 * j), 2, j, c)
+                torch.minimum(v[:, 0, :, 0], v[:, 0, :, 1], out=w[:, 0, :, 0])
+                torch.maximum(v[:, 0, :, 0], v[:, 0, :, 1], out=w[:, 0, :, 1])
+                torch.maximum(v[:, 1, :, 0], v[:, 1, :, 1], out=w[:, 1, :, 0])
+                torch.minimum(v[:, 1, :, 0], v[:, 1, :, 1], out=w[:, 1, :, 1])
+            src, dst = dst, src
+            j //= 2
+        k *= 2
+    return src
+
+
+def sorted_chunks(x: Tensor, chunk: int | None = None, kind: str | None = None,
+                  rows: Tensor | None = None) -> Iterator[tuple[slice, Tensor]]:
+    """Yield `(cols, s)` where s is `x[rows][:, cols]` sorted along dim 0 (each column ascending).
+
+    The chunks cover the d columns in order. `s` lives in a buffer that is reused by the next chunk:
+    consume it before advancing. `kind` forces "transposition", "bitonic" or "sort"; `rows` (indices)
+    restricts the sort to those rows without copying them first.
+    """
+    d = x.shape[1]
+    n = x.shape[0] if rows is None else rows.numel()
+
+    def block(cols: slice) -> Tensor:
+        return x[:, cols] if rows is None else x[:, cols].index_select(0, rows)
+
+    kind = kind or ("sort" if x.device.type != "cpu" else network_kind(n))
+    if kind == "sort":
+        step = d if chunk is None and x.device.type != "cpu" else (chunk or max(1, CHUNK_ELEMENTS[kind] // n))
+        for j in range(0, d, step):
+            cols = slice(j, min(d, j + step))
+            yield cols, torch.sort(block(cols), dim=0).values
+        return
+    p = n if kind == "transposition" else 1 << max(0, (n - 1).bit_length())  # bitonic: padded to 2^k
+    step = chunk or max(1024, CHUNK_ELEMENTS[kind] // p)
+    buf = torch.empty(2, p, min(step, d), dtype=x.dtype, device=x.device)
+    for j in range(0, d, step):
+        cols = slice(j, min(d, j + step))
+        c = cols.stop - cols.start
+        src, dst = buf[0, :, :c], buf[1, :, :c]
+        if p > n:  # padding rows sort last (reset: the network may have moved values there)
+            src[n:] = float("inf")
+        src[:n].copy_(block(cols))
+        s = _transposition(src, dst) if kind == "transposition" else _bitonic(src, dst)
+        yield cols, s[:n]
+
+
+def sorted_rows(x: Tensor, kind: str | None = None) -> Tensor:
+    """Return x sorted along dim 0 (each column ascending), same shape and dtype (a new tensor)."""
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    for cols, s in sorted_chunks(x, kind=kind):
+        out[:, cols] = s
+    return out
+
+
+def columnwise(x: Tensor, fn, rows: Tensor | None = None) -> Tensor:
+    """`out[cols] = fn(s, cols)` for every sorted chunk s of x (or of its `rows`): one pass over x."""
+    out = torch.empty(x.shape[1], dtype=x.dtype, device=x.device)
+    for cols, s in sorted_chunks(x, rows=rows):
+        out[cols] = fn(s, cols)
+    return out
