@@ -1,0 +1,83 @@
+"""Trimmed mean, MeaMed and Phocas: coordinate-wise rules on the sorted columns (ALGORITHMS.md §3.5-3.7)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .basic import median_of_sorted
+from .registry import Rule, register
+from .sorting import columnwise
+
+
+def trim_count(n: int, f: int) -> int:
+    """b = f values dropped per side, lowered only when fewer than 2f + 1 rows reached the rule."""
+    return max(0, min(f, (n - 1) // 2))
+
+
+def trimmed_mean_of_sorted(s: Tensor, b: int) -> Tensor:
+    """Mean of the sorted values [b, n - b) of each column (Yin et al. 2018, §3.5)."""
+    n = s.shape[0]
+    return s[b:n - b].mean(dim=0)
+
+
+def closest_mean_of_sorted(s: Tensor, centre: Tensor, m: int) -> Tensor:
+    """Per column, the average of the m values closest to `centre` (MeaMed / Phocas / Bulyan, §3.6).
+
+    In a sorted column the m values closest to any point form a window [j, j + m), 0 <= j <= n - m.
+    Distances to the centre fall then rise along the column, so a window holds m closest values
+    exactly when its two ends are no farther than the two values just outside it; the first such
+    window is taken (ties between equally distant values are broken towards lower values).
+    """
+    n = s.shape[0]
+    m = max(1, min(m, n))
+    if m == n:
+        return s.mean(dim=0)
+    starts = n - m + 1
+    dist = (s - centre).abs_()  # (n, c)
+    inside_far = torch.maximum(dist[:starts], dist[m - 1:])
+    inf = dist.new_full((1, dist.shape[1]), float("inf"))
+    outside_near = torch.minimum(torch.cat([inf, dist[:starts - 1]]), torch.cat([dist[m:], inf]))
+    j = (inside_far <= outside_near).to(torch.uint8).argmax(dim=0)  # first valid window
+    pos = torch.arange(n, device=s.device).unsqueeze(1)
+    inside = (pos >= j) & (pos < j + m)
+    return torch.where(inside, s, torch.zeros((), dtype=s.dtype, device=s.device)).sum(dim=0) / m
+
+
+@register("tm", requires=(lambda n, f: n >= 2 * f + 1, "n >= 2f + 1"),
+          doc="Coordinate-wise trimmed mean, b = f per side; Yin et al. ICML 2018 (ALGORITHMS.md §3.5)",
+          robustness="each coordinate stays within the honest values' range while n >= 2f + 1")
+class TrimmedMean(Rule):
+    """`[TM_b(x)]_k = 1/(n - 2b) sum_{j=b+1}^{n-b} [x]_{k,(j)}` with b = f."""
+
+    passes = "1 (sorting network on cache-sized chunks)"
+
+    def aggregate(self, x: Tensor, f: int) -> Tensor:
+        b = trim_count(x.shape[0], f)
+        return columnwise(x, lambda s, cols: trimmed_mean_of_sorted(s, b))
+
+
+@register("meamed", requires=(lambda n, f: n >= 2 * f + 1, "n >= 2f + 1"),
+          doc="Mean around the median, Xie, Koyejo & Gupta arXiv:1802.10116 (ALGORITHMS.md §3.6)",
+          robustness="each coordinate stays within the honest values' range while n >= 2f + 1")
+class MeaMed(Rule):
+    """`[MeaMed_f(x)]_k` = mean of the n - f values closest to the (midpoint) coordinate median."""
+
+    passes = "1 (sorting network on cache-sized chunks)"
+
+    def aggregate(self, x: Tensor, f: int) -> Tensor:
+        m = x.shape[0] - trim_count(x.shape[0], f)
+        return columnwise(x, lambda s, cols: closest_mean_of_sorted(s, median_of_sorted(s), m))
+
+
+@register("phocas", requires=(lambda n, f: n >= 2 * f + 1, "n >= 2f + 1"),
+          doc="Phocas, Xie, Koyejo & Gupta arXiv:1805.09682 (ALGORITHMS.md §3.7)",
+          robustness="each coordinate stays within the honest values' range while n >= 2f + 1")
+class Phocas(Rule):
+    """Mean of the n - f values closest to the coordinate-wise trimmed mean TM_f."""
+
+    passes = "1 (sorting network on cache-sized chunks)"
+
+    def aggregate(self, x: Tensor, f: int) -> Tensor:
+        b = trim_count(x.shape[0], f)
+        m = x.shape[0] - b
+        return columnwise(x, lambda s, cols: closest_mean_of_sorted(s, trimmed_mean_of_sorted(s, b), m))
