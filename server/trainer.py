@@ -136,86 +136,18 @@ class Server:
             self.load_state_dict(checkpoint.load_rank(self.run_dir, start, "server"))
             log.info("resuming from the checkpoint of round %d (restart %d)", start, self.restarts)
         metrics = MetricsLogger(self.run_dir, self.round, bool(cfg.log.tensorboard))
-        heartbeat = Heartbeat(self.topo)
+        self.heartbeat = Heartbeat(self.topo)
         torch.distributed.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
         bar = _progress(cfg, self.total_rounds, self.round)
-        normalize, eps = bool(cfg.algorithm.normalize), float(cfg.algorithm.eps)
-        wd_server = float(cfg.weight_decay) if cfg.weight_decay_placement == "server" else 0.0
-        params, d, k = self.fm.params, self.d, self.k
-        timer = self.timer
         while self.round < self.total_rounds:
-            t = self.round
-            maybe_inject(cfg, 0, t)
-            ckpt = self._want_ckpt(t)
-            if ckpt:
-                checkpoint.save_rank(self.run_dir, t, "server", self.state_dict())
-            lr = self._header(t, stop=False, ckpt=ckpt)
-            t0 = time.perf_counter()
-            try:
-                with timer("communication"):
-                    self.chan.broadcast()
-                    rows = self.chan.gather()
-            except RuntimeError as e:  # a timeout or a dead peer: name the workers that did not answer
-                late = heartbeat.missing(t)
-                log.error("round %d failed after %.1f s: no answer from worker(s) %s (%s)", t,
-                          time.perf_counter() - t0, late or "?", str(e).strip().splitlines()[0][:200])
-                raise
-            if ckpt:  # every worker wrote its round-t state before sending its row
-                checkpoint.mark_complete(self.run_dir, t, self._ckpt_names(), int(cfg.checkpoint.keep))
-            self.bytes_received += rows.numel() * rows.element_size()
-            meta = rows[:, d + k:]
-            compute = float(meta[:, 0].clamp(0, 1e6).nan_to_num(0).max())
-            timer.add("compute", compute)
-            timer.total["communication"] -= min(compute, timer.last["communication"])
-            with timer("aggregation"):
-                u_rows, bn_rows = rows[:, :d], rows[:, d:d + k]
-                ok = torch.isfinite(rows[:, :d + k]).all(dim=1)
-                excluded = int((~ok).sum())
-                if excluded:
-                    u_rows, bn_rows = u_rows[ok], bn_rows[ok]
-                if u_rows.shape[0] == 0:
-                    raise RuntimeError(f"round {t}: every worker row was non-finite")
-                a = self.agg(u_rows, max(0, self.f - excluded))
-                if k:
-                    self.fm.bn.copy_(midpoint_median(bn_rows))
-            with timer("update"):
-                if wd_server:
-                    a = a + wd_server * params
-                a_norm = apply_update(params, a, lr, normalize, eps)
-            absmax = u_rows.abs().amax(dim=1)
-            zero, huge = int((absmax == 0).sum()), int((absmax > HUGE).sum())
-            for key, v in (("excluded_nonfinite", excluded), ("rows_zero", zero), ("rows_huge", huge)):
-                self.counts[key] += v
-            self.round = t + 1
-            epoch_end = self.round % self.rpe == 0
-            epochs_done = self.round // self.rpe
-            last = self.round == self.total_rounds
-            row = None
-            if (epoch_end and epochs_done % int(cfg.eval_every) == 0) or last:
-                with timer("evaluation"):
-                    acc, loss = evaluate(self.fm.model, self.x_test, self.y_test)
-                self.best_acc, self.last_eval = max(self.best_acc, acc), (acc, loss)
-                row = {"test_accuracy": acc, "test_loss": loss}
-                if bar is not None:
-                    bar.set_postfix(acc=f"{acc:.3f}", epoch=epochs_done)
-            if row is not None or self.round % int(cfg.log.every) == 0:
-                losses = meta[:, 1][torch.isfinite(meta[:, 1])]
-                row = {"round": self.round, "epoch": self.round / self.rpe, "time": time.perf_counter() - self.t_start,
-                       "lr": lr, "agg_norm": a_norm, "train_loss": float(losses.median()) if len(losses) else None,
-                       "round_time": time.perf_counter() - t0,
-                       **{f"t_{p}": timer.last.get(p, 0.0) for p in ("compute", "communication", "aggregation", "update")},
-                       "excluded_nonfinite": excluded, "rows_zero": zero, "rows_huge": huge, **(row or {})}
-                for obs in self.observers:
-                    row.update(obs(t, rows[:, :d], a))
+            row = self.step()
+            if row is not None:
                 metrics.log(row, TB_NAMES)
             if bar is not None:
                 bar.update(1)
-        # stop: workers write their final state, then everyone meets at the barrier
-        self._header(self.round, stop=True, ckpt=True)
-        checkpoint.save_rank(self.run_dir, self.round, "server", self.state_dict())
-        self.chan.broadcast()
-        torch.distributed.barrier()
-        checkpoint.mark_complete(self.run_dir, self.round, self._ckpt_names(), int(cfg.checkpoint.keep))
+                if row and "test_accuracy" in row:
+                    bar.set_postfix(acc=f"{row['test_accuracy']:.3f}", epoch=self.round // self.rpe)
+        self._stop()
         if bar is not None:
             bar.close()
         metrics.close()
@@ -228,6 +160,99 @@ class Server:
         with open(os.path.join(self.run_dir, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=1)
         return summary
+
+    def step(self) -> dict | None:
+        """One round: broadcast, gather, filter, aggregate, update, (evaluate); returns the metrics row."""
+        cfg, timer, t = self.cfg, self.timer, self.round
+        maybe_inject(cfg, 0, t)
+        ckpt = self._want_ckpt(t)
+        if ckpt:
+            checkpoint.save_rank(self.run_dir, t, "server", self.state_dict())
+        lr = self._header(t, stop=False, ckpt=ckpt)
+        t0 = time.perf_counter()
+        rows = self._exchange(t)
+        if ckpt:  # every worker wrote its round-t state before sending its row
+            checkpoint.mark_complete(self.run_dir, t, self._ckpt_names(), int(cfg.checkpoint.keep))
+        d, k = self.d, self.k
+        compute = float(rows[:, d + k].clamp(0, 1e6).nan_to_num(0).max())  # the slowest worker's compute
+        timer.add("compute", compute)
+        net = max(0.0, timer.last["communication"] - compute)
+        timer.total["communication"] += net - timer.last["communication"]
+        timer.last["communication"] = net
+        with timer("aggregation"):
+            a, counts, u_rows = self._aggregate(rows)
+        with timer("update"):
+            if cfg.weight_decay_placement == "server":
+                a = a + float(cfg.weight_decay) * self.fm.params
+            a_norm = apply_update(self.fm.params, a, lr, bool(cfg.algorithm.normalize), float(cfg.algorithm.eps))
+        self.round = t + 1
+        row = self._evaluate_if_due()
+        if row is None and self.round % int(cfg.log.every):
+            return None
+        losses = rows[:, d + k + 1][torch.isfinite(rows[:, d + k + 1])]
+        row = {"round": self.round, "epoch": self.round / self.rpe, "time": time.perf_counter() - self.t_start,
+               "lr": lr, "agg_norm": a_norm, "train_loss": float(losses.median()) if len(losses) else None,
+               "round_time": time.perf_counter() - t0,
+               **{f"t_{p}": timer.last.get(p, 0.0) for p in ("compute", "communication", "aggregation", "update")},
+               **counts, **(row or {})}
+        for obs in self.observers:
+            row.update(obs(t, u_rows, a))
+        return row
+
+    def _exchange(self, t: int) -> Tensor:
+        """Broadcast header + w_t, gather the m worker rows; on a timeout name the silent workers."""
+        t0 = time.perf_counter()
+        try:
+            with self.timer("communication"):
+                self.chan.broadcast()
+                rows = self.chan.gather()
+        except RuntimeError as e:
+            late = self.heartbeat.missing(t)
+            log.error("round %d failed after %.1f s: no answer from worker(s) %s (%s)", t,
+                      time.perf_counter() - t0, late or "?", str(e).strip().splitlines()[0][:200])
+            raise
+        self.bytes_received += rows.numel() * rows.element_size()
+        return rows
+
+    def _aggregate(self, rows: Tensor) -> tuple[Tensor, dict, Tensor]:
+        """Exclude non-finite rows (they count against the declared f), aggregate the momenta with the
+        rule and the BatchNorm statistics with the coordinate-wise median."""
+        d, k = self.d, self.k
+        u_rows, bn_rows = rows[:, :d], rows[:, d:d + k]
+        ok = torch.isfinite(rows[:, :d + k]).all(dim=1)
+        excluded = int((~ok).sum())
+        if excluded:
+            u_rows, bn_rows = u_rows[ok], bn_rows[ok]
+        if u_rows.shape[0] == 0:
+            raise RuntimeError(f"round {self.round}: every worker row was non-finite")
+        a = self.agg(u_rows, max(0, self.f - excluded))
+        if k:
+            self.fm.bn.copy_(midpoint_median(bn_rows))
+        absmax = u_rows.abs().amax(dim=1)
+        counts = {"excluded_nonfinite": excluded, "rows_zero": int((absmax == 0).sum()),
+                  "rows_huge": int((absmax > HUGE).sum())}
+        for key, v in counts.items():
+            self.counts[key] += v
+        return a, counts, u_rows
+
+    def _evaluate_if_due(self) -> dict | None:
+        epochs_done, epoch_end = divmod(self.round, self.rpe)
+        due = (epoch_end == 0 and epochs_done % int(self.cfg.eval_every) == 0) or self.round == self.total_rounds
+        if not due:
+            return None
+        with self.timer("evaluation"):
+            acc, loss = evaluate(self.fm.model, self.x_test, self.y_test)
+        self.best_acc, self.last_eval = max(self.best_acc, acc), (acc, loss)
+        return {"test_accuracy": acc, "test_loss": loss}
+
+    def _stop(self) -> None:
+        """Stop header: workers write their final state, everyone meets at the barrier, then the final
+        checkpoint is marked consistent."""
+        self._header(self.round, stop=True, ckpt=True)
+        checkpoint.save_rank(self.run_dir, self.round, "server", self.state_dict())
+        self.chan.broadcast()
+        torch.distributed.barrier()
+        checkpoint.mark_complete(self.run_dir, self.round, self._ckpt_names(), int(self.cfg.checkpoint.keep))
 
     def summary(self) -> dict:
         cfg = self.cfg

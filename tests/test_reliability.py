@@ -1,0 +1,106 @@
+"""Faults with real processes: SIGKILL of a worker or the server, a hung worker, garbage rows, user errors."""
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.helpers import ROOT, launch, metrics, summary
+
+SHORT = ["aggregator=cm", "attack=bitflip", "max_rounds=40", "checkpoint.every=10", "log.every=5"]
+
+
+def _final_params(run_dir):
+    from common import checkpoint
+
+    rnd = checkpoint.latest_round(str(run_dir))
+    return rnd, checkpoint.load_rank(str(run_dir), rnd, "server")["buf"]
+
+
+def _rounds_unique_and_complete(run_dir, last):
+    rounds = [r["round"] for r in metrics(run_dir)]
+    assert rounds == list(range(5, last + 1, 5)), rounds
+
+
+@pytest.mark.e2e
+def test_sigkill_of_a_worker_or_the_server_resumes_bitwise_exactly(tmp_path):
+    launch(tmp_path / "clean", *SHORT)
+    rnd, clean = _final_params(tmp_path / "clean")
+    assert rnd == 40
+    for who in (3, 0):  # worker 3, then the server
+        run = tmp_path / f"kill{who}"
+        launch(run, *SHORT, "fault.kind=kill", f"fault.rank={who}", "fault.round=25")
+        s = summary(run)
+        assert s["restarts"] == 1 and s["rounds_completed"] == 40
+        _rounds_unique_and_complete(run, 40)
+        rnd, params = _final_params(run)
+        assert rnd == 40 and torch.equal(params, clean), f"resume after killing rank {who} is not exact"
+
+
+@pytest.mark.e2e
+def test_hung_worker_times_out_restarts_and_completes(tmp_path):
+    run = tmp_path / "hang"
+    t0 = time.time()
+    proc = launch(run, *SHORT, "max_rounds=20", "fault.kind=stop", "fault.rank=5", "fault.round=12",
+                  "comm.timeout_round_s=4")
+    s = summary(run)
+    assert s["restarts"] == 1 and s["rounds_completed"] == 20
+    _rounds_unique_and_complete(run, 20)
+    assert "no answer from worker(s) [5]" in proc.stdout + proc.stderr
+    assert time.time() - t0 < 120
+
+
+@pytest.mark.e2e
+def test_nan_rows_are_excluded_and_cost_under_two_points(tmp_path):
+    accs = {}
+    for attack in ("none", "nan"):
+        launch(tmp_path / attack, "aggregator=cm", f"attack='{attack}'", "epochs=5")
+        s = summary(tmp_path / attack)
+        accs[attack] = s["final_test_accuracy"]
+        assert s["inputs"]["excluded_nonfinite"] == (3 * s["rounds_completed"] if attack == "nan" else 0)
+    from common import checkpoint
+
+    buf = checkpoint.load_rank(str(tmp_path / "nan"), 75, "server")["buf"]
+    assert torch.isfinite(buf).all()
+    assert accs["nan"] >= accs["none"] - 0.02, accs
+
+
+def _cli(*overrides, tmp):
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "launch.run", *overrides, f"run.dir={tmp}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    return proc, time.time() - t0
+
+
+@pytest.mark.parametrize("overrides,expect", [
+    (["aggregator=nope"], "aggregator='nope' is unknown"),
+    (["nosuchfield=1"], "nosuchfield is not a configuration field"),
+    (["aggregator=krum", "byzantine.count=4"], "aggregator 'krum' needs n >= 2f + 2: got n=8, f=4"),
+    (["batch_size=600"], "batch_size=600 exceeds the shard size 500"),
+    (["workers=0"], "workers=0 must be >= 1"),
+    (["epochs=0"], "epochs=0 must be >= 1"),
+    (["dataset=cifar10", "dataset.root=/nonexistent"], "dataset.download=true"),
+])
+def test_user_errors_print_one_line_and_exit_nonzero_within_seconds(tmp_path, overrides, expect):
+    proc, seconds = _cli(*overrides, tmp=tmp_path / "run")
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert seconds < 30
+
+
+def test_port_in_use_and_unwritable_run_dir_are_user_errors(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc, _ = _cli(f"comm.master_port={port}", tmp=tmp_path / "run")
+    assert proc.returncode == 2 and f"comm.master_port={port} is already in use" in proc.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    proc, _ = _cli(tmp=blocker / "run")
+    assert proc.returncode == 2 and "is not writable" in proc.stderr and len(proc.stderr.splitlines()) == 1
