@@ -14,6 +14,11 @@ Sign convention: attack_tau = mu - tau * sigma (ALIE, the project's sign, §5.3;
 mu + tau * sigma) and -tau * mu (IPM). With knowledge = colluders the k given rows stand in for the
 honest set: they are repeated cyclically to the h = n - f rows the server would see *(inference:
 the reference code is omniscient only)*.
+
+The search is a heuristic, not a maximiser: it never tries tau < start (for ALIE: the other sign,
+mu + tau sigma) and, once tau = start + delta fails, only probes a shrinking grid above its best
+point, so a narrow optimum between probes can be missed. A fixed attack can then do better on a
+given round (seen for foe_opt against gm and nnm+cm, and rarely for alie_opt against nnm+cm).
 """
 from __future__ import annotations
 
