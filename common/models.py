@@ -13,14 +13,20 @@ MODELS = ("logreg", "mlp", "cnn", "resnet20")
 
 
 class LogReg(nn.Module):
-    """Multinomial logistic regression (binary when num_classes = 2: two logits, softmax = sigmoid)."""
+    """Multinomial logistic regression (binary when num_classes = 2: two logits, softmax = sigmoid).
 
-    def __init__(self, in_features: int, num_classes: int):
+    binary=True: paper B's binary logistic regression, one weight vector and one bias (d = in + 1). The
+    logits are [0, z], so softmax / cross-entropy / argmax see sigmoid(z) as the probability of class 1.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, binary: bool = False):
         super().__init__()
-        self.fc = nn.Linear(in_features, num_classes)
+        self.binary = binary
+        self.fc = nn.Linear(in_features, 1 if binary else num_classes)
 
     def forward(self, x):
-        return self.fc(x.flatten(1))
+        z = self.fc(x.flatten(1))
+        return torch.cat([torch.zeros_like(z), z], dim=1) if self.binary else z
 
 
 class MLP(nn.Module):
@@ -131,7 +137,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kw) -
     """Build model `name` for inputs of shape (C, H, W) and `num_classes` outputs."""
     in_features = math.prod(input_shape)
     if name == "logreg":
-        return LogReg(in_features, num_classes)
+        return LogReg(in_features, num_classes, binary=kw.get("binary") not in (None, False))
     if name == "mlp":
         return MLP(in_features, num_classes, tuple(kw.get("hidden") or (100,)))
     if name == "cnn":
