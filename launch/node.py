@@ -40,7 +40,7 @@ def run_summary_config(cfg: DictConfig) -> dict:
     try:  # the attack's resolved parameters (e.g. ALIE's z) for this (m, f)
         ctx = AttackContext(n=m, f=len(byz), aggregator=OmegaConf.to_container(cfg.aggregator, resolve=True),
                             declared_f=int(cfg.aggregator.f))
-        resolved = attack.resolved(ctx) if _takes_ctx(attack.resolved) else attack.resolved()
+        resolved = attack.resolved(ctx)
     except Exception as e:  # noqa: BLE001 - a summary detail must never fail the run
         resolved = {"error": str(e)}
     return {"attack": name, "attack_knowledge": knowledge, "attack_params": resolved,
@@ -50,12 +50,6 @@ def run_summary_config(cfg: DictConfig) -> dict:
             "weight_decay_placement": cfg.weight_decay_placement, "schedule": cfg.schedule.name,
             "dataset": cfg.dataset.name, "partition": cfg.dataset.partition, "model": cfg.model.name,
             "seed": int(cfg.seed)}
-
-
-def _takes_ctx(fn) -> bool:
-    import inspect
-
-    return len(inspect.signature(fn).parameters) >= 1
 
 
 def _setup_logging(is_server: bool, level: str) -> None:
@@ -69,6 +63,7 @@ def run_rank(container: dict, run_dir: str) -> None:
     cfg = OmegaConf.create(container)
     topo = cdist.init(cfg)
     _setup_logging(topo.is_server, str(cfg.log.level))
+    hgo = str(cfg.algorithm.name) in ("hgo", "sgd")  # paper B's partial-gradient mode (server/hgo.py, worker/hgo.py)
     try:
         if topo.is_server:
             from server.trainer import Server
@@ -78,14 +73,24 @@ def run_rank(container: dict, run_dir: str) -> None:
             if not os.path.exists(cfg_path):
                 OmegaConf.save(cfg, cfg_path)
             extra = run_summary_config(cfg)
-            server = Server(server_view(cfg), topo, run_dir, observers=_observers(cfg))
-            server.run({"config": extra})
+            if hgo:
+                from server.hgo import HGOServer
+
+                HGOServer(server_view(cfg), topo, run_dir).run({"config": extra})
+            else:
+                server = Server(server_view(cfg), topo, run_dir, observers=_observers(cfg))
+                server.run({"config": extra})
         else:
             from worker.trainer import Worker
 
             byz = byzantine_ranks(cfg)
             cdist.join_colluders(topo, byz, float(cfg.comm.timeout_round_s))
-            Worker(cfg, topo, run_dir, byz).run()
+            if hgo:
+                from worker.hgo import HGOWorker
+
+                HGOWorker(cfg, topo, run_dir, byz).run()
+            else:
+                Worker(cfg, topo, run_dir, byz).run()
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

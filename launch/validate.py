@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from common.config import ConfigError, check_fields
+from common.config import ConfigError, byzantine_ranks, check_fields
 from common.data import DatasetUnavailable, load_dataset
 from server.aggregators import get_aggregator
 from worker.attacks import get_attack
@@ -34,11 +34,141 @@ def validate(cfg: DictConfig, check_data: bool = True) -> None:
     if knowledge not in ("omniscient", "colluders"):
         raise ConfigError(f"attack.knowledge={knowledge!r} is unknown; choose omniscient or colluders")
     try:
-        get_attack(aname, **att)
+        get_attack(aname, **att).check(int(cfg.workers), len(byzantine_ranks(cfg)))
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
+    validate_hgo(cfg)
     if check_data and cfg.dataset.name != "synthetic":
         try:  # fails early for an absent offline dataset; warms the cache of the embedded one
             load_dataset(cfg.dataset.name, cfg.dataset.root, bool(cfg.dataset.download))
         except DatasetUnavailable as e:
             raise ConfigError(str(e)) from None
+
+
+# ---------------------------------------------------------------------------------------- HGO (paper B)
+
+def quorum_for(rule: dict, q: int, f: int) -> int:
+    """Default quorum from the declared f: 2f + 1 (1 when f = 0), raised until the rule's (n, f)
+    precondition holds on v rows (the shortest segment of a quorum block has v senders)."""
+    rule = dict(rule)
+    name, pre = rule.pop("name"), rule.pop("pre", []) or []
+    rule.pop("f", None)
+    for v in range(2 * f + 1 if f > 0 else 1, q + 1):
+        try:
+            get_aggregator(name, v, f, pre=pre, **rule)
+            return v
+        except (ValueError, TypeError):
+            continue
+    raise ConfigError(f"no quorum hgo.v <= hgo.q={q} satisfies aggregator '{name}' with f={f}; raise hgo.q")
+
+
+def validate_hgo(cfg: DictConfig) -> None:
+    """The keys of algorithm=hgo|sgd (ALGORITHMS.md §10); fills hgo.q and hgo.v when they are null.
+
+    q <= m; v <= q; v > f (the declared aggregator.f, never the true count) when f > 0, so that f length
+    lies cannot set b_v alone; the rule's precondition on v rows; tau > 0 (a number or inf).
+    """
+    import math
+
+    import torch
+
+    from common.config import train_size
+    from common.hgo import is_hgo, parse_tau, task_labels
+    from worker.profiles import RATE_TABLES, SCENARIOS
+
+    binary = cfg.model.get("binary")
+    if binary not in (None, False):
+        if not is_hgo(cfg) or cfg.model.name != "logreg":
+            raise ConfigError(f"model.binary={binary!r} needs model=logreg and algorithm=hgo or sgd")
+        try:
+            task_labels(torch.zeros(1, dtype=torch.int64), binary)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if not is_hgo(cfg):
+        return
+    hg = cfg.get("hgo")
+    if hg is None:
+        raise ConfigError(f"algorithm={cfg.algorithm.name} needs the hgo section (conf/algorithm/hgo.yaml)")
+    m, f = int(cfg.workers), int(cfg.aggregator.f)
+
+    def integer(key, value, lo, hi=None):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+            limit = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise ConfigError(f"hgo.{key}={value!r} must be an integer {limit}")
+        return value
+
+    def number(key, lo, strict=True):
+        value = hg.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+                or (value <= lo if strict else value < lo):
+            raise ConfigError(f"hgo.{key}={value!r} must be a number {'>' if strict else '>='} {lo}")
+        return value
+
+    q = hg.get("q")
+    q = integer("q", math.ceil(0.8 * m) if q is None else q, 1, m)
+    try:
+        tau = parse_tau(hg.tau)
+    except (TypeError, ValueError):
+        tau = math.nan
+    if not tau > 0:
+        raise ConfigError(f"hgo.tau={hg.tau!r} must be a number > 0 or inf")
+    rule = OmegaConf.to_container(cfg.aggregator, resolve=True)
+    if rule["name"] == "cc":
+        raise ConfigError("aggregator=cc keeps a (d,) centre across rounds; HGO aggregates a different block "
+                          "each round: choose a stateless rule (cm, tm, meamed, mean, krum, aksel, ...)")
+    v = hg.get("v")
+    v = quorum_for(rule, q, f) if v is None else integer("v", v, 1, q)
+    if f > 0 and v <= f:
+        raise ConfigError(f"hgo.v={v} must be > aggregator.f={f}: otherwise f lengths claimed by Byzantine "
+                          f"workers could set the quorum block b_v on their own")
+    name, pre = rule.pop("name"), rule.pop("pre", []) or []
+    rule.pop("f", None)
+    try:
+        get_aggregator(name, v, f, pre=pre, **rule)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"hgo.v={v} is too small for the rule: the shortest segment of a quorum block has "
+                          f"v senders ({e})") from None
+    for key, choices in (("scenario", list(SCENARIOS)), ("profiles", ["auto", *RATE_TABLES]),
+                         ("rate", ["profile", "measured"]), ("clock", ["logical", "emulated"]),
+                         ("transport", ["collective", "store"]), ("shard_sizes", ["equal", "dirichlet"])):
+        if hg.get(key) not in choices:
+            raise ConfigError(f"hgo.{key}={hg.get(key)!r} is unknown; choose one of {choices}")
+    number("time_unit_s", 0)
+    number("grace_s", 0, strict=False)
+    number("size_alpha", 0)
+    number("straggle_s", 0, strict=False)
+    integer("eval_every", hg.get("eval_every"), 1)
+    if hg.get("rounds") is not None:
+        integer("rounds", hg.rounds, 1)
+    stragglers = list(hg.get("stragglers") or [])
+    for k in stragglers:
+        integer("stragglers[]", k, 1, m)
+    sizes = hg.get("batch_sizes")
+    if sizes is None:
+        sizes = [int(cfg.batch_size)] * m
+    else:
+        sizes = list(sizes)
+        if len(sizes) != m:
+            raise ConfigError(f"hgo.batch_sizes has {len(sizes)} entries; it needs one per worker ({m})")
+        for s in sizes:
+            integer("batch_sizes[]", s, 1)
+    shard = train_size(cfg) // m
+    if max(sizes) > shard:
+        raise ConfigError(f"batch size {max(sizes)} exceeds the shard size {shard} "
+                          f"({train_size(cfg)} training samples / {m} workers)")
+    if cfg.model.name == "resnet20" and cfg.model.get("norm", "bn") == "bn":
+        raise ConfigError("HGO aggregates parameters only: model=resnet20 needs model.norm=gn (no BatchNorm)")
+    att = OmegaConf.to_container(cfg.attack, resolve=True)
+    aname = att.pop("name")
+    att.pop("knowledge", None)
+    attack = get_attack(aname, **att)
+    if hg.transport == "store" and attack.needs_honest and int(cfg.byzantine.count) > 0:
+        raise ConfigError(f"attack '{aname}' needs the honest vectors (a worker all-gather that couples the "
+                          f"workers' rounds); use hgo.transport=collective")
+    try:  # each round, between 1 and min(count, q) Byzantine workers may be among the q selected
+        for fs in range(1, min(int(cfg.byzantine.count), q) + 1):
+            attack.check(q, fs)
+    except ValueError as e:
+        raise ConfigError(f"{e} (HGO: n = hgo.q = {q})") from None
+    with open_dict(cfg):
+        cfg.hgo.q, cfg.hgo.v = q, v
