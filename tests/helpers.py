@@ -11,7 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def launch(run_dir, *overrides: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
     """`python -m launch.run` with the given overrides and run.dir; returns the finished process."""
-    cmd = [sys.executable, "-m", "launch.run", *overrides, f"run.dir={run_dir}", "log.progress=false"]
+    cmd = [sys.executable, "-m", "launch.run", *overrides, "log.progress=false"]
+    if run_dir is not None:
+        cmd.append(f"run.dir={run_dir}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

@@ -115,8 +115,10 @@ class Worker:
         start = checkpoint.latest_round(self.run_dir)
         if start is not None:
             self.load_state_dict(checkpoint.load_rank(self.run_dir, start, f"worker_{self.index}"))
+        known = self.honest if self.knowledge_mode == "omniscient" else self.byzantine
         ctx = AttackContext(n=self.topo.m, f=len(self.byzantine), rank=self.index,
-                            aggregator=dict(cfg.aggregator), declared_f=int(cfg.aggregator.f))
+                            aggregator=dict(cfg.aggregator), declared_f=int(cfg.aggregator.f),
+                            honest_ranks=tuple(known), knowledge=self.knowledge_mode)
         row, d, k = self.chan.row, self.d, self.k
         heartbeat = Heartbeat(self.topo)
         dist.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
