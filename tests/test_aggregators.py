@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from server.aggregators import AGGREGATORS, PRE_AGGREGATORS, get_aggregator
-from server.aggregators.geometry import pairwise_sq_distances
+from server.aggregators.geometry import pairwise_sq_distances, sq_distances_to
 from server.aggregators.sorting import NETWORK_MAX_N, network_kind, sorted_chunks
 
 RULES = sorted(AGGREGATORS)
@@ -156,7 +156,8 @@ def test_sorting_networks_equal_torch_sort_with_ties_and_infinities(kind, n):
 
 
 def test_network_choice_small_n_networks_large_n_torch_sort():
-    assert network_kind(8) == "transposition"
+    assert network_kind(5) == "transposition"
+    assert network_kind(8) == "bitonic"
     assert network_kind(32) == "bitonic"
     assert network_kind(NETWORK_MAX_N + 1) == "sort"
 
@@ -200,6 +201,16 @@ def test_meamed_hand_case_averages_n_minus_f_closest_to_median():
 def test_meamed_even_n_centre_is_midpoint_median():
     # n = 4, f = 1: midpoint median 2.5; closest 3 of {0, 2, 3, 5.2}: 2, 3 (0.5) then 0 (2.5) vs 5.2 (2.7)
     assert get_aggregator("meamed", 4, 1)(column(0, 2, 3, 5.2)).item() == pytest.approx(5 / 3)
+
+
+def test_closest_values_window_keeps_strictly_closer_values_under_ties():
+    from server.aggregators.trimmed import closest_mean_of_sorted
+
+    # centre 0, m = 3: 0.5 is strictly closest; the three -1 and the 1 tie at distance 1
+    s = column(-1, -1, -1, 0.5, 1)
+    assert closest_mean_of_sorted(s, torch.zeros(1), 3).item() == pytest.approx(-0.5)  # -1, -1, 0.5
+    s = column(-4, -1, 0.5, 1, 1, 1, 9)
+    assert closest_mean_of_sorted(s, torch.zeros(1), 4).item() == pytest.approx(0.375)  # -1, 0.5, 1, 1
 
 
 def test_phocas_hand_case_centre_is_trimmed_mean():
@@ -380,6 +391,22 @@ def test_distances_to_huge_rows_do_not_overflow_and_keep_honest_distances():
     assert bool(torch.isfinite(d).all())
     torch.testing.assert_close(d[:4, :4], ref[:4, :4], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(d[4, :4], ref[4, :4], rtol=1e-6, atol=0.0)
+
+
+def test_distances_to_a_point_redo_overflowing_rows_in_float64():
+    x = random_rows(5, 3000, seed=3)
+    x[1] = 1e30
+    z = random_rows(1, 3000, seed=4)[0]
+    ref = ((x.double() - z.double()) ** 2).sum(1)
+    torch.testing.assert_close(sq_distances_to(x, z), ref, rtol=1e-6, atol=0.0)
+    assert sq_distances_to(x)[1].item() == pytest.approx(3000 * 1e60, rel=1e-6)
+
+
+def test_chunked_loops_restore_the_thread_count():
+    before = torch.get_num_threads()
+    get_aggregator("cm", 9, 2)(random_rows(9, 5000))
+    get_aggregator("krum", 9, 2)(random_rows(9, 5000))
+    assert torch.get_num_threads() == before
 
 
 # ---------------------------------------------------------------- invariances and robustness properties

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .basic import lower_median_of_sorted, median_of_sorted
-from .geometry import mean_of_rows
+from .geometry import mean_of_rows, sq_distances_to
 from .registry import Rule, register
 from .sorting import sorted_chunks
 
@@ -44,9 +44,11 @@ class Aksel(Rule):
         c = (n + 1) // 2 if self.mode == "mid" else max(1, n - f)
         centre = lower_median_of_sorted if self.median == "lower" else median_of_sorted
         sq = torch.zeros(n, dtype=torch.float64, device=x.device)
-        for cols, s in sorted_chunks(x):
-            diff = (x[:, cols] - centre(s)).to(torch.float64)
-            sq += torch.linalg.vector_norm(diff, dim=1).square()
-        sq = torch.where(torch.isnan(sq), torch.full_like(sq, float("inf")), sq)
+        med = torch.empty(x.shape[1], dtype=x.dtype, device=x.device)
+        for cols, s in sorted_chunks(x):  # the distances while the chunk is in cache
+            med[cols] = centre(s)
+            sq += torch.linalg.vector_norm(x[:, cols] - med[cols], dim=1).to(torch.float64).square()
+        if not bool(torch.isfinite(sq).all()):  # float32 overflow (entries beyond ~1e19), or non-finite rows
+            sq = sq_distances_to(x, med)
         closest = torch.sort(sq, stable=True).indices[:c]
         return mean_of_rows(x, closest)

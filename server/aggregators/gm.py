@@ -7,8 +7,9 @@ RFA: Pillutla, Kakade & Harchaoui, IEEE TSP 2022.
 Every iterate after the first is a convex combination z = sum_j w_j x_j of the rows, so with the float64
 Gram matrix G the distances need no pass over the data: ||z - x_i||^2 = w^T G w - 2 (G w)_i + G_ii
 (translation invariant since sum_j w_j = 1, so G may be taken on translated rows: geometry.centred_gram).
-For few rows (n <= 6 T) the rule therefore costs one Gram matrix plus one weighted sum; for more rows
-the Gram matrix (O(n^2 d)) costs more than the 2T direct passes (O(T n d)) and those are used instead.
+For few rows (n <= 4 T) the rule therefore costs one Gram matrix plus one weighted sum; for more rows
+the Gram matrix (O(n^2 d)) costs more than the 2T direct passes (O(T n d)) and those are used instead
+(measured on 2 CPU cores: the two are about even at n = 8-24 when the input fits in cache).
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ PRESETS = {
     "rfa": {"init": "mean", "nu": 1e-5, "T": 4, "ftol": 1e-6},
 }
 INITS = ("zeros", "mean", "median")
-#: use the Gram form while n <= GRAM_ROWS_PER_ITERATION * T (measured crossover on CPU)
-GRAM_ROWS_PER_ITERATION = 6
+#: use the Gram form while n <= GRAM_ROWS_PER_ITERATION * T
+GRAM_ROWS_PER_ITERATION = 4
 
 
 @register("gm", requires=(lambda n, f: n >= 2 * f + 1, "n >= 2f + 1"),

@@ -23,24 +23,37 @@ def trimmed_mean_of_sorted(s: Tensor, b: int) -> Tensor:
 def closest_mean_of_sorted(s: Tensor, centre: Tensor, m: int) -> Tensor:
     """Per column, the average of the m values closest to `centre` (MeaMed / Phocas / Bulyan, §3.6).
 
-    In a sorted column the m values closest to any point form a window [j, j + m), 0 <= j <= n - m.
-    Distances to the centre fall then rise along the column, so a window holds m closest values
-    exactly when its two ends are no farther than the two values just outside it; the first such
-    window is taken (ties between equally distant values are broken towards lower values).
+    In a sorted column the m values closest to any point form a window [j, j + m), 0 <= j <= e = n - m.
+    Distances to the centre fall then rise along the column, so a window holds m closest values exactly
+    when its two ends are no farther than the two values just outside it; the first such window is
+    taken (ties between equally distant values go to the lower values). Every window contains rows
+    [e, m) when m >= e, so the sum is that core plus a suffix of the e lowest rows and a prefix of the
+    e highest, both accumulated without subtraction (no cancellation next to huge values).
     """
     n = s.shape[0]
     m = max(1, min(m, n))
-    if m == n:
+    e = n - m
+    if e == 0:
         return s.mean(dim=0)
-    starts = n - m + 1
-    dist = (s - centre).abs_()  # (n, c)
-    inside_far = torch.maximum(dist[:starts], dist[m - 1:])
-    inf = dist.new_full((1, dist.shape[1]), float("inf"))
-    outside_near = torch.minimum(torch.cat([inf, dist[:starts - 1]]), torch.cat([dist[m:], inf]))
-    j = (inside_far <= outside_near).to(torch.uint8).argmax(dim=0)  # first valid window
-    pos = torch.arange(n, device=s.device).unsqueeze(1)
-    inside = (pos >= j) & (pos < j + m)
-    return torch.where(inside, s, torch.zeros((), dtype=s.dtype, device=s.device)).sum(dim=0) / m
+    if m < e:  # not used by the rules here (m >= n/2); general fallback
+        return _closest_mean_general(s, centre, m)
+    inf = s.new_full((1, s.shape[1]), float("inf"))
+    left = (s[:e + 1] - centre).abs_()  # distance of row j, j = 0..e (window starts)
+    right = (s[m - 1:] - centre).abs_()  # distance of row j + m - 1 (window ends)
+    inside_far = torch.maximum(left, right)
+    outside_near = torch.minimum(torch.cat([inf, left[:e]]), torch.cat([right[1:], inf]))
+    j = (inside_far <= outside_near).to(torch.uint8).argmax(dim=0, keepdim=True)  # first valid window
+    zero = s.new_zeros((1, s.shape[1]))
+    low = torch.cat([s[:e].flip(0).cumsum(0).flip(0), zero])  # low[t] = sum of rows t..e-1
+    high = torch.cat([zero, s[m:].cumsum(0)])  # high[t] = sum of rows m..m+t-1
+    total = s[e:m].sum(dim=0) + low.gather(0, j).squeeze(0) + high.gather(0, j).squeeze(0)
+    return total / m
+
+
+def _closest_mean_general(s: Tensor, centre: Tensor, m: int) -> Tensor:
+    dist = (s - centre).abs_()
+    idx = torch.topk(dist, m, dim=0, largest=False).indices
+    return torch.gather(s, 0, idx).mean(dim=0)
 
 
 @register("tm", requires=(lambda n, f: n >= 2 * f + 1, "n >= 2f + 1"),
