@@ -1,0 +1,232 @@
+"""Benchmarks: `python -m launch.bench SCENARIO [--quick] [--write]` (and `make bench`).
+
+Scenarios
+  round        round time of the real system (1 + 8 processes, CPU/Gloo, MNIST-5k CNN, ByzSGDnm + cc,
+               no attack) at B in {32, 256}, its breakdown, and the floor of this machine:
+               floor = m * t_grad(B) / min(m, cores) + t_agg
+  scaling      rounds/s and breakdown for m in {8, 16, 32, 64} workers (logreg and MLP on MNIST-5k)
+  gpu          ResNet-20 on CIFAR-10-shaped synthetic data, 1 + 8 ranks on one device, one epoch's
+               worth of rounds per batch size projected to paper A's 160 epochs (Table 6)
+  aggregators  milliseconds per call of every rule (launch.bench_aggregators)
+  all          every scenario above
+
+`--write` replaces the scenario's section of docs/PERFORMANCE.md with the table, the command, the
+machine and the date.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PERF = os.path.join(ROOT, "docs", "PERFORMANCE.md")
+PAPER_A_TABLE6 = {32: 2007, 64: 985, 128: 522, 256: 367, 512: 315, 1024: 309}  # seconds, 9 TITAN Xp GPUs
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
+
+
+# ------------------------------------------------------------------------------------- running the system
+
+def run_system(overrides: list[str]) -> tuple[dict, list[dict]]:
+    """Run one job of the real system in a temporary directory; return summary.json and metrics rows."""
+    from launch.node import compose
+    from launch.run import launch_group, prepare
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose([*overrides, f"run.dir={tmp}/run", "log.progress=false", "log.tensorboard=false"])
+        run_dir = prepare(cfg)
+        launch_group(cfg, run_dir)
+        with open(os.path.join(run_dir, "summary.json")) as fh:
+            summary = json.load(fh)
+        with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+    return summary, rows
+
+
+def steady_round_time(rows: list[dict], skip: int) -> float:
+    """Seconds per round between the first logged round >= skip and the last row before evaluation."""
+    timed = [r for r in rows if r["round"] >= skip and "test_accuracy" not in r]
+    if len(timed) < 2:
+        timed = [r for r in rows if r["round"] >= skip]
+    a, b = timed[0], timed[-1]
+    return (b["time"] - a["time"]) / max(1, b["round"] - a["round"])
+
+
+def per_round_breakdown(rows: list[dict], skip: int) -> dict[str, float]:
+    keep = [r for r in rows if r["round"] >= skip and "test_accuracy" not in r]
+    return {p: statistics.mean(r[f"t_{p}"] for r in keep) for p in ("compute", "communication", "aggregation",
+                                                                      "update")} if keep else {}
+
+
+# ------------------------------------------------------------------------------------- floors
+
+def t_grad(model_name: str, batch: int, reps: int = 30, dataset: str = "mnist5k", **model_kw) -> float:
+    """Median seconds of one forward + backward on `batch` samples, single-threaded, one process."""
+    from common.data import load_dataset
+    from common.flat import flatten_model
+    from common.models import build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ds = load_dataset(dataset)
+        fm = flatten_model(build_model(model_name, ds.input_shape, ds.num_classes, **model_kw))
+        x, y = ds.x_train[:batch], ds.y_train[:batch]
+        times = []
+        for i in range(reps + 3):
+            t0 = time.perf_counter()
+            fm.grad.zero_()
+            F.cross_entropy(fm.model(x), y).backward()
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def t_agg(rule: str, m: int, d: int, f: int = 0, reps: int = 20, **params) -> float:
+    from server.aggregators import get_aggregator
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.randn(m, d)
+        agg = get_aggregator(rule, m, f, **params)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            agg(x)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------- scenarios
+
+def scenario_round(quick: bool) -> str:
+    m, cores = 8, os.cpu_count() or 1
+    rounds = 60 if quick else 200
+    lines = ["| B | rounds/s | round ms | compute | comm + idle | aggregation | update | t_grad ms | t_agg ms |"
+             " floor ms | round / floor |", "|" + "---|" * 11]
+    for B in (32, 256):
+        summary, rows = run_system(["model=cnn", "aggregator=cc", "attack=none", "byzantine.count=0",
+                                    f"batch_size={B}", "epochs=1000", f"max_rounds={rounds}",
+                                    "eval_every=100000", "log.every=10", "checkpoint.every=0"])
+        rt = steady_round_time(rows, skip=20)
+        bd = per_round_breakdown(rows, skip=20)
+        tg = t_grad("cnn", B)
+        ta = t_agg("cc", m, summary["d"], tau=0.1)
+        floor = m * tg / min(m, cores) + ta
+        lines.append(f"| {B} | {1 / rt:.1f} | {rt * 1e3:.1f} | {bd['compute'] * 1e3:.1f} | "
+                     f"{bd['communication'] * 1e3:.1f} | {bd['aggregation'] * 1e3:.2f} | {bd['update'] * 1e3:.2f} | "
+                     f"{tg * 1e3:.1f} | {ta * 1e3:.2f} | {floor * 1e3:.1f} | **{rt / floor:.2f}** |")
+    return "\n".join(lines)
+
+
+def scenario_scaling(quick: bool) -> str:
+    rounds = 40 if quick else 120
+    lines = ["| model | m | rounds/s | round ms | compute | comm + idle | aggregation (cc) | update |",
+             "|" + "---|" * 8]
+    for model in ("logreg", "mlp"):
+        for m in (8, 16, 32, 64):
+            B = min(32, 4000 // m)
+            _, rows = run_system([f"model={model}", "aggregator=cc", "attack=none", "byzantine.count=0",
+                                  f"workers={m}", f"batch_size={B}", "epochs=1000", f"max_rounds={rounds}",
+                                  "eval_every=100000", "log.every=10"])
+            rt = steady_round_time(rows, skip=20)
+            bd = per_round_breakdown(rows, skip=20)
+            lines.append(f"| {model} | {m} | {1 / rt:.1f} | {rt * 1e3:.1f} | {bd['compute'] * 1e3:.1f} | "
+                         f"{bd['communication'] * 1e3:.1f} | {bd['aggregation'] * 1e3:.2f} | "
+                         f"{bd['update'] * 1e3:.2f} |")
+    return "\n".join(lines)
+
+
+def scenario_gpu(quick: bool) -> str:
+    """ResNet-20, 1 + 8 ranks on one device (Gloo with host staging); projected to 160 epochs."""
+    on_gpu = torch.cuda.is_available()
+    sizes = (32, 64, 128, 256, 512, 1024) if on_gpu and not quick else (32, 64)
+    rounds = 40 if on_gpu else 6
+    n_train = 50000 if on_gpu else 8 * 64 * 4
+    lines = ["| B x 8 | device | round ms | rounds/epoch | projected 160 epochs (s) | paper A Table 6 (s) | ratio |",
+             "|" + "---|" * 7]
+    for B in sizes:
+        _, rows = run_system(["model=resnet20", "dataset=synthetic", "dataset.shape=[3,32,32]",
+                              f"dataset.n_train={n_train}", "dataset.n_test=1000", "aggregator=cc",
+                              "attack=none", "byzantine.count=0", f"batch_size={B}", "epochs=1000",
+                              f"max_rounds={rounds}", "eval_every=100000", "log.every=2",
+                              f"device={'cuda' if on_gpu else 'cpu'}"])
+        rt = steady_round_time(rows, skip=4 if not on_gpu else 10)
+        rpe = (50000 // 8) // B
+        proj = rt * rpe * 160
+        lines.append(f"| {B} | {'cuda' if on_gpu else 'cpu'} | {rt * 1e3:.1f} | {rpe} | {proj:.0f} | "
+                     f"{PAPER_A_TABLE6[B]} | {proj / PAPER_A_TABLE6[B]:.2f} |")
+    return "\n".join(lines)
+
+
+SCENARIOS = {"round": scenario_round, "scaling": scenario_scaling, "gpu": scenario_gpu,
+             "aggregators": None}  # launch.bench_aggregators writes its own section
+TITLES = {"round": "Round overhead vs the floor (CPU, Gloo, 1 + 8 processes)",
+          "scaling": "Scaling with the number of workers m (CPU)",
+          "gpu": "ResNet-20, 1 + 8 ranks on one device, projected to 160 epochs",
+          "aggregators": "Aggregation rules"}
+
+
+def write_section(name: str, table: str, command: str) -> None:
+    os.makedirs(os.path.dirname(PERF), exist_ok=True)
+    text = open(PERF).read() if os.path.exists(PERF) else "# Performance\n"
+    title = f"## {TITLES[name]}"
+    body = (f"{title}\n\nCommand: `{command}`  \nMachine: {machine()}  \n"
+            f"Date: {datetime.date.today().isoformat()}\n\n{table}\n")
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(body + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + body
+    with open(PERF, "w") as fh:
+        fh.write(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and sizes (smoke run)")
+    ap.add_argument("--write", action="store_true", help="update docs/PERFORMANCE.md")
+    args = ap.parse_args(argv)
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    for name in names:
+        if name == "aggregators":
+            rest = ["--quick"] if args.quick else []
+            if args.write:
+                rest.append("--write")
+            from launch import bench_aggregators
+
+            bench_aggregators.main(rest)
+            continue
+        table = SCENARIOS[name](args.quick)
+        print(f"\n## {TITLES[name]}\n\n{table}\n", flush=True)
+        if args.write:
+            cmd = f"python -m launch.bench {name}" + (" --quick" if args.quick else "")
+            write_section(name, table, cmd)
+
+
+if __name__ == "__main__":
+    main()
