@@ -63,5 +63,5 @@ TB_NAMES = {
     "agg_norm": "train/aggregate_norm", "round_time": "time/round", "t_compute": "time/compute",
     "t_communication": "time/communication", "t_aggregation": "time/aggregation", "t_update": "time/update",
     "excluded_nonfinite": "inputs/excluded_nonfinite", "rows_zero": "inputs/zero_rows",
-    "rows_huge": "inputs/huge_rows", "oracle_error": "oracle/aggregation_error",
+    "excluded_huge": "inputs/excluded_huge", "oracle_error": "oracle/aggregation_error",
 }

@@ -33,7 +33,6 @@ from .update import apply_update
 
 log = logging.getLogger("byz")
 META = 2  # trailing floats of every worker row: compute seconds, train loss
-HUGE = 1e20  # rows with an entry beyond this are counted as "huge" (they still reach the robust rule)
 
 
 def rounds_per_epoch(cfg, train_size: int) -> int:
@@ -88,7 +87,8 @@ class Server:
         self.restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
         self.best_acc, self.last_eval = 0.0, (float("nan"), float("nan"))
         self.bytes_received = 0
-        self.counts = {"excluded_nonfinite": 0, "rows_zero": 0, "rows_huge": 0}
+        self.counts = {"excluded_nonfinite": 0, "excluded_huge": 0, "rows_zero": 0}
+        self.max_abs = float(cfg.filter.max_abs) if cfg.filter.max_abs is not None else math.inf
         self.wall_before = 0.0  # wall seconds of earlier attempts (restored from a checkpoint)
 
     # ------------------------------------------------------------------------------------ state
@@ -215,22 +215,23 @@ class Server:
         return rows
 
     def _aggregate(self, rows: Tensor) -> tuple[Tensor, dict, Tensor]:
-        """Exclude non-finite rows (they count against the declared f), aggregate the momenta with the
-        rule and the BatchNorm statistics with the coordinate-wise median."""
+        """Exclude non-finite and absurd rows (|entry| > filter.max_abs; they count against the declared
+        f), aggregate the momenta with the rule and the BatchNorm statistics with the coordinate-wise median."""
         d, k = self.d, self.k
         u_rows, bn_rows = rows[:, :d], rows[:, d:d + k]
-        ok = torch.isfinite(rows[:, :d + k]).all(dim=1)
-        excluded = int((~ok).sum())
+        absmax = rows[:, :d + k].abs().amax(dim=1)  # NaN propagates, so one pass finds both kinds
+        finite = torch.isfinite(absmax)
+        ok = finite & (absmax <= self.max_abs)
+        counts = {"excluded_nonfinite": int((~finite).sum()), "excluded_huge": int((finite & ~ok).sum()),
+                  "rows_zero": int((absmax == 0).sum())}
+        excluded = counts["excluded_nonfinite"] + counts["excluded_huge"]
         if excluded:
             u_rows, bn_rows = u_rows[ok], bn_rows[ok]
         if u_rows.shape[0] == 0:
-            raise RuntimeError(f"round {self.round}: every worker row was non-finite")
+            raise RuntimeError(f"round {self.round}: every worker row was non-finite or beyond filter.max_abs")
         a = self.agg(u_rows, max(0, self.f - excluded))
         if k:
             self.fm.bn.copy_(midpoint_median(bn_rows))
-        absmax = u_rows.abs().amax(dim=1)
-        counts = {"excluded_nonfinite": excluded, "rows_zero": int((absmax == 0).sum()),
-                  "rows_huge": int((absmax > HUGE).sum())}
         for key, v in counts.items():
             self.counts[key] += v
         return a, counts, u_rows

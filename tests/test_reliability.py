@@ -104,3 +104,14 @@ def test_port_in_use_and_unwritable_run_dir_are_user_errors(tmp_path):
     blocker.write_text("not a directory")
     proc, _ = _cli(tmp=blocker / "run")
     assert proc.returncode == 2 and "is not writable" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+@pytest.mark.e2e
+def test_huge_rows_never_reach_the_parameters_even_with_mean_and_zero_rows_are_counted(tmp_path):
+    launch(tmp_path / "large", "aggregator=mean", "attack=large", "epochs=3")
+    s = summary(tmp_path / "large")
+    assert s["inputs"]["excluded_huge"] == 3 * s["rounds_completed"] and s["inputs"]["excluded_nonfinite"] == 0
+    assert s["final_test_accuracy"] > 0.85  # the mean of the 5 honest rows trains normally
+    launch(tmp_path / "zero", "aggregator=cm", "attack=zero", "max_rounds=10")
+    s = summary(tmp_path / "zero")
+    assert s["inputs"]["rows_zero"] == 30 and s["inputs"]["excluded_huge"] == 0
