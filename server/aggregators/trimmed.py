@@ -28,7 +28,8 @@ def closest_mean_of_sorted(s: Tensor, centre: Tensor, m: int) -> Tensor:
     when its two ends are no farther than the two values just outside it; the first such window is
     taken (ties between equally distant values go to the lower values). Every window contains rows
     [e, m) when m >= e, so the sum is that core plus a suffix of the e lowest rows and a prefix of the
-    e highest, both accumulated without subtraction (no cancellation next to huge values).
+    e highest, added under masks (no subtraction, hence no cancellation next to huge values; no
+    argmax along dim 0, which is a slow path on CPU).
     """
     n = s.shape[0]
     m = max(1, min(m, n))
@@ -37,16 +38,25 @@ def closest_mean_of_sorted(s: Tensor, centre: Tensor, m: int) -> Tensor:
         return s.mean(dim=0)
     if m < e:  # not used by the rules here (m >= n/2); general fallback
         return _closest_mean_general(s, centre, m)
-    inf = s.new_full((1, s.shape[1]), float("inf"))
-    left = (s[:e + 1] - centre).abs_()  # distance of row j, j = 0..e (window starts)
-    right = (s[m - 1:] - centre).abs_()  # distance of row j + m - 1 (window ends)
-    inside_far = torch.maximum(left, right)
-    outside_near = torch.minimum(torch.cat([inf, left[:e]]), torch.cat([right[1:], inf]))
-    j = (inside_far <= outside_near).to(torch.uint8).argmax(dim=0, keepdim=True)  # first valid window
-    zero = s.new_zeros((1, s.shape[1]))
-    low = torch.cat([s[:e].flip(0).cumsum(0).flip(0), zero])  # low[t] = sum of rows t..e-1
-    high = torch.cat([zero, s[m:].cumsum(0)])  # high[t] = sum of rows m..m+t-1
-    total = s[e:m].sum(dim=0) + low.gather(0, j).squeeze(0) + high.gather(0, j).squeeze(0)
+    left = (s[:e + 1] - centre).abs_()  # distance of the first row of window j = 0..e
+    right = (s[m - 1:] - centre).abs_()  # distance of its last row
+    far = torch.maximum(left, right)
+    near = torch.empty_like(far)  # the closer of the two rows just outside window j
+    near[0] = right[1]
+    near[e] = left[e - 1]
+    if e > 1:
+        torch.minimum(left[:e - 1], right[2:], out=near[1:e])
+    invalid = far > near
+    run = invalid[0].clone()
+    j = run.to(torch.int32)  # number of leading invalid windows = the first valid one
+    for t in range(1, e + 1):
+        run &= invalid[t]
+        j += run
+    t = torch.arange(e, device=s.device, dtype=torch.int32).unsqueeze(1)
+    zero = torch.zeros((), dtype=s.dtype, device=s.device)
+    total = s[e:m].sum(dim=0)  # rows e..m-1 are in every window
+    total += torch.where(t >= j, s[:e], zero).sum(dim=0)  # rows j..e-1
+    total += torch.where(t < j, s[m:], zero).sum(dim=0)  # rows m..m+j-1
     return total / m
 
 
