@@ -213,6 +213,17 @@ def test_closest_values_window_keeps_strictly_closer_values_under_ties():
     assert closest_mean_of_sorted(s, torch.zeros(1), 4).item() == pytest.approx(0.375)  # -1, 0.5, 1, 1
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9])
+def test_closest_values_window_matches_argsort_reference_for_every_m(m):
+    from server.aggregators.trimmed import closest_mean_of_sorted
+
+    x = random_rows(9, 400, seed=m)
+    s = torch.sort(x, dim=0).values
+    centre = random_rows(1, 400, seed=20 + m)[0] * 0.5
+    torch.testing.assert_close(closest_mean_of_sorted(s, centre, m).double(), ref_closest(x, centre, m),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_phocas_hand_case_centre_is_trimmed_mean():
     # TM_1 = mean(4, 5, 10) = 6.33 -> the 4 closest drop 0: mean(4, 5, 10, 11) = 7.5; MeaMed drops 11
     x = column(0, 4, 5, 10, 11)

@@ -26,8 +26,8 @@ def closest_mean_of_sorted(s: Tensor, centre: Tensor, m: int) -> Tensor:
     In a sorted column the m values closest to any point form a window [j, j + m), 0 <= j <= e = n - m.
     Distances to the centre fall then rise along the column, so a window holds m closest values exactly
     when its two ends are no farther than the two values just outside it; the first such window is
-    taken (ties between equally distant values go to the lower values). Every window contains rows
-    [e, m) when m >= e, so the sum is that core plus a suffix of the e lowest rows and a prefix of the
+    taken (ties between equally distant values go to the lower values). When m >= e every window
+    contains rows [e, m), so the sum is that core plus a suffix of the e lowest rows and a prefix of the
     e highest, added under masks (no subtraction, hence no cancellation next to huge values; no
     argmax along dim 0, which is a slow path on CPU).
     """
@@ -36,8 +36,6 @@ def closest_mean_of_sorted(s: Tensor, centre: Tensor, m: int) -> Tensor:
     e = n - m
     if e == 0:
         return s.mean(dim=0)
-    if m < e:  # not used by the rules here (m >= n/2); general fallback
-        return _closest_mean_general(s, centre, m)
     left = (s[:e + 1] - centre).abs_()  # distance of the first row of window j = 0..e
     right = (s[m - 1:] - centre).abs_()  # distance of its last row
     far = torch.maximum(left, right)
@@ -52,18 +50,16 @@ def closest_mean_of_sorted(s: Tensor, centre: Tensor, m: int) -> Tensor:
     for t in range(1, e + 1):
         run &= invalid[t]
         j += run
-    t = torch.arange(e, device=s.device, dtype=torch.int32).unsqueeze(1)
+    j.clamp_(max=e)  # no valid window only when NaN is present
     zero = torch.zeros((), dtype=s.dtype, device=s.device)
+    if m < e:  # (Bulyan with n < 6f) no row is in every window: mask all rows
+        pos = torch.arange(n, device=s.device, dtype=torch.int32).unsqueeze(1)
+        return torch.where((pos >= j) & (pos < j + m), s, zero).sum(dim=0) / m
+    t = torch.arange(e, device=s.device, dtype=torch.int32).unsqueeze(1)
     total = s[e:m].sum(dim=0)  # rows e..m-1 are in every window
     total += torch.where(t >= j, s[:e], zero).sum(dim=0)  # rows j..e-1
     total += torch.where(t < j, s[m:], zero).sum(dim=0)  # rows m..m+j-1
     return total / m
-
-
-def _closest_mean_general(s: Tensor, centre: Tensor, m: int) -> Tensor:
-    dist = (s - centre).abs_()
-    idx = torch.topk(dist, m, dim=0, largest=False).indices
-    return torch.gather(s, 0, idx).mean(dim=0)
 
 
 @register("tm", requires=(lambda n, f: n >= 2 * f + 1, "n >= 2f + 1"),
