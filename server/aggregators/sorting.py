@@ -34,6 +34,8 @@ from .threads import chunk_threads
 NETWORK_MAX_N = 64
 #: Elements (rows x columns) of one chunk buffer; two ping-pong buffers of this size stay in cache.
 CHUNK_ELEMENTS = {"transposition": 2**17, "bitonic": 2**17, "sort": 2**20}
+#: torch.sort on GPU: large chunks (few launches) that bound the values + int64 indices it allocates
+GPU_SORT_ELEMENTS = 2**26
 
 
 def _transposition_cost(n: int) -> int:
@@ -124,7 +126,8 @@ def sorted_chunks(x: Tensor, chunk: int | None = None, kind: str | None = None,
 
 def _sorted_chunks(x: Tensor, block, n: int, d: int, chunk: int | None, kind: str):
     if kind == "sort":
-        step = d if chunk is None and x.device.type != "cpu" else (chunk or max(1, CHUNK_ELEMENTS[kind] // n))
+        per_chunk = CHUNK_ELEMENTS[kind] if x.device.type == "cpu" else GPU_SORT_ELEMENTS
+        step = chunk or max(1, per_chunk // n)
         for j in range(0, d, step):
             cols = slice(j, min(d, j + step))
             yield cols, torch.sort(block(cols), dim=0).values
