@@ -53,11 +53,16 @@ def test_bitflip_breaks_mean_but_not_coordinate_median(tmp_path):
 
 def test_hydra_override_changes_the_run_and_multirun_sweeps(tmp_path):
     run = tmp_path / "krum"
-    launch(run, "aggregator=krum", "attack=signflip", "byzantine.count=1", "max_rounds=4", "batch_size=16")
+    launch(run, "aggregator=krum", "attack=signflip", "byzantine.count=1", "max_rounds=4", "batch_size=16",
+           "log.oracle=true", "log.every=1")
     s = summary(run)
     assert s["config"]["aggregator"] == "krum" and s["config"]["attack"] == "signflip"
     assert s["config"]["byzantine_count"] == 1 and s["config"]["batch_size"] == 16
     assert s["rounds_completed"] == 4
+    rows = metrics(run)
+    assert len(rows) == 4 and all(r["oracle_error"] >= 0 for r in rows)
+    # Krum never picks the signflip row -mean(honest), whose error would be 2 ||mean(honest)||
+    assert all(r["oracle_error"] < 1.5 * r["honest_mean_norm"] for r in rows), rows
     sweep = tmp_path / "sweep"
     proc = launch(None, "--multirun", "aggregator=mean,cm", "attack=none", "max_rounds=2",
                   f"hydra.sweep.dir={sweep}")
