@@ -25,7 +25,9 @@ def server_view(cfg: DictConfig) -> DictConfig:
     c = OmegaConf.to_container(cfg, resolve=True)
     c.pop("byzantine", None)
     c.pop("attack", None)
-    return OmegaConf.create(c)
+    view = OmegaConf.create(c)
+    OmegaConf.set_struct(view, True)  # reading a missing key (the roster) raises instead of returning None
+    return view
 
 
 def run_summary_config(cfg: DictConfig) -> dict:

@@ -11,10 +11,11 @@ from worker.attacks import get_attack
 
 
 def resolve(cfg: DictConfig) -> None:
-    """Fill derived values in place: the declared f of the rule defaults to byzantine.count."""
+    """Fill derived values in place: the declared f of the rule defaults to the number of Byzantine
+    workers (byzantine.ranks when given, else byzantine.count)."""
     with open_dict(cfg):
         if cfg.aggregator.get("f") is None:
-            cfg.aggregator.f = int(cfg.byzantine.count)
+            cfg.aggregator.f = len(byzantine_ranks(cfg))
 
 
 def validate(cfg: DictConfig, check_data: bool = True) -> None:
