@@ -223,6 +223,8 @@ class HGOServer:
         self.d, self.m = self.fm.d, topo.m
         self.q, self.v, self.tau = int(hg.q), int(hg.v), parse_tau(hg.tau)
         self.sgd = cfg.algorithm.name == "sgd"
+        max_abs = (cfg.get("filter") or {}).get("max_abs")
+        self.max_abs = math.inf if max_abs is None else float(max_abs)
         name, f, pre, params = aggregator_params(cfg)
         self.f = f
         self.rule = get_aggregator(name, self.q, f, pre=pre, **params)
@@ -277,10 +279,16 @@ class HGOServer:
         h[H_SEED], h[H_TAU], h[H_EXTRA] = seed, self.tau, self.q
         return lr
 
+    def _sane(self, block: Tensor) -> bool:
+        """Finite, and no entry beyond filter.max_abs (DESIGN.md "Reliability": bad numbers never reach
+        the model; an excluded block counts against the declared f)."""
+        top = block.abs().amax()
+        return bool(torch.isfinite(top)) and float(top) <= self.max_abs
+
     def aggregate(self, ans: Answers) -> tuple[Tensor, int, int]:
-        """(AG over the quorum block in permutation order, b_v, blocks excluded as non-finite)."""
+        """(AG over the quorum block in permutation order, b_v, blocks excluded as non-finite or absurd)."""
         values, lengths = ans.values, list(ans.lengths)
-        keep = [r for r, n in enumerate(lengths) if n == 0 or bool(torch.isfinite(values[r, :n]).all())]
+        keep = [r for r, n in enumerate(lengths) if n == 0 or self._sane(values[r, :n])]
         excluded = len(lengths) - len(keep)
         if excluded:
             values, lengths = values[keep], [lengths[r] for r in keep]
