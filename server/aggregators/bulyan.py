@@ -16,7 +16,7 @@ from .geometry import pairwise_sq_distances
 from .krum import krum_order
 from .registry import Rule, register
 from .sorting import columnwise
-from .trimmed import closest_mean_of_sorted
+from .trimmed import GROUP, closest_mean_of_sorted
 
 
 def bulyan_selection(dist: Tensor, f: int, theta: int) -> Tensor:
@@ -49,4 +49,5 @@ class Bulyan(Rule):
         beta = theta - 2 * f
         sel = bulyan_selection(pairwise_sq_distances(x), f, theta)
         sel = torch.sort(sel).values  # read the chosen rows in memory order
-        return columnwise(x, lambda s, cols: closest_mean_of_sorted(s, median_of_sorted(s), beta), rows=sel)
+        return columnwise(x, lambda s, cols: closest_mean_of_sorted(s, median_of_sorted(s), beta), rows=sel,
+                          group=GROUP)

@@ -154,9 +154,31 @@ def sorted_rows(x: Tensor, kind: str | None = None) -> Tensor:
     return out
 
 
-def columnwise(x: Tensor, fn, rows: Tensor | None = None) -> Tensor:
-    """`out[cols] = fn(s, cols)` for every sorted chunk s of x (or of its `rows`): one pass over x."""
-    out = torch.empty(x.shape[1], dtype=x.dtype, device=x.device)
-    for cols, s in sorted_chunks(x, rows=rows):
-        out[cols] = fn(s, cols)
+def columnwise(x: Tensor, fn, rows: Tensor | None = None, group: int | None = None) -> Tensor:
+    """`out[cols] = fn(s, cols)` for every sorted chunk s of x (or of its `rows`): one pass over x.
+
+    `group` (elements): collect consecutive sorted chunks into blocks of about that size before calling
+    fn, for an fn of many small ops (fewer, larger calls; the block still fits in the last-level cache).
+    """
+    d = x.shape[1]
+    out = torch.empty(d, dtype=x.dtype, device=x.device)
+    n = x.shape[0] if rows is None else rows.numel()
+    width = min(d, max(1, group // max(1, n))) if group and x.device.type == "cpu" else 0
+    if width == 0:
+        with chunk_threads(x.device):
+            for cols, s in sorted_chunks(x, rows=rows):
+                out[cols] = fn(s, cols)
+        return out
+    block = torch.empty(n, width, dtype=x.dtype, device=x.device)
+    start = filled = 0
+    with chunk_threads(x.device):
+        for cols, s in sorted_chunks(x, rows=rows):
+            c = cols.stop - cols.start
+            if filled + c > width:
+                out[start:start + filled] = fn(block[:, :filled], slice(start, start + filled))
+                start, filled = cols.start, 0
+            block[:, filled:filled + c] = s
+            filled += c
+        if filled:
+            out[start:start + filled] = fn(block[:, :filled], slice(start, start + filled))
     return out

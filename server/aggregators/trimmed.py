@@ -8,6 +8,9 @@ from .basic import median_of_sorted
 from .registry import Rule, register
 from .sorting import columnwise
 
+#: elements per call of the closest-values window (many small ops: larger blocks than the sort's chunks)
+GROUP = 2**20
+
 
 def trim_count(n: int, f: int) -> int:
     """b = f values dropped per side, lowered only when fewer than 2f + 1 rows reached the rule."""
@@ -25,17 +28,40 @@ def closest_mean_of_sorted(s: Tensor, centre: Tensor, m: int) -> Tensor:
 
     In a sorted column the m values closest to any point form a window [j, j + m), 0 <= j <= e = n - m.
     Distances to the centre fall then rise along the column, so a window holds m closest values exactly
-    when its two ends are no farther than the two values just outside it; the first such window is
-    taken (ties between equally distant values go to the lower values). When m >= e every window
-    contains rows [e, m), so the sum is that core plus a suffix of the e lowest rows and a prefix of the
-    e highest, added under masks (no subtraction, hence no cancellation next to huge values; no
-    argmax along dim 0, which is a slow path on CPU).
+    when its two ends are no farther than the two values just outside it. When the centre lies between
+    rows e - 1 and n - e (the median and the trimmed mean always do), j is a count of comparisons;
+    otherwise the first such window is searched. Ties between equally distant values go to the lower
+    values. When m >= e every window contains rows [e, m), and of each pair (i, m + i), i < e, exactly
+    one row: the sum is that core plus one masked selection (no subtraction, hence no cancellation
+    next to huge values).
     """
     n = s.shape[0]
     m = max(1, min(m, n))
     e = n - m
     if e == 0:
         return s.mean(dim=0)
+    if e <= n - e and bool(((s[e - 1] <= centre) & (centre <= s[n - e])).all()):
+        # the e lowest rows lie below the centre and the e highest above it: along each end the
+        # distances fall towards the centre, so the e excluded values are the e largest of two sorted
+        # sequences, and the count taken from the low end is #{i < e : |s_i - c| > |s_(n-e+i) - c|}
+        j = ((centre - s[:e]) > (s[n - e:] - centre)).sum(dim=0, dtype=torch.int32)
+    else:
+        j = _first_valid_window(s, centre, m)
+    if m < e:  # (Bulyan with n < 6f) no row is in every window: mask all rows
+        pos = torch.arange(n, device=s.device, dtype=torch.int32).unsqueeze(1)
+        zero = torch.zeros((), dtype=s.dtype, device=s.device)
+        return torch.where((pos >= j) & (pos < j + m), s, zero).sum(dim=0) / m
+    t = torch.arange(e, device=s.device, dtype=torch.int32).unsqueeze(1)
+    total = s[e:m].sum(dim=0)  # rows e..m-1 are in every window
+    # of the pair (row i, row m + i), i < e, exactly one is in the window: row i when i >= j
+    total += torch.where(t >= j, s[:e], s[m:]).sum(dim=0)
+    return total / m
+
+
+def _first_valid_window(s: Tensor, centre: Tensor, m: int) -> Tensor:
+    """Start j of the first window [j, j + m) whose ends are no farther from the centre than the rows
+    just outside it, (c,) int32; j = n - m when none is (only with NaN)."""
+    e = s.shape[0] - m
     left = (s[:e + 1] - centre).abs_()  # distance of the first row of window j = 0..e
     right = (s[m - 1:] - centre).abs_()  # distance of its last row
     far = torch.maximum(left, right)
@@ -46,20 +72,11 @@ def closest_mean_of_sorted(s: Tensor, centre: Tensor, m: int) -> Tensor:
         torch.minimum(left[:e - 1], right[2:], out=near[1:e])
     invalid = far > near
     run = invalid[0].clone()
-    j = run.to(torch.int32)  # number of leading invalid windows = the first valid one
-    for t in range(1, e + 1):
+    j = run.to(torch.int32)  # number of leading invalid windows (a running AND: argmax along dim 0
+    for t in range(1, e + 1):  # is a slow path on CPU)
         run &= invalid[t]
         j += run
-    j.clamp_(max=e)  # no valid window only when NaN is present
-    zero = torch.zeros((), dtype=s.dtype, device=s.device)
-    if m < e:  # (Bulyan with n < 6f) no row is in every window: mask all rows
-        pos = torch.arange(n, device=s.device, dtype=torch.int32).unsqueeze(1)
-        return torch.where((pos >= j) & (pos < j + m), s, zero).sum(dim=0) / m
-    t = torch.arange(e, device=s.device, dtype=torch.int32).unsqueeze(1)
-    total = s[e:m].sum(dim=0)  # rows e..m-1 are in every window
-    total += torch.where(t >= j, s[:e], zero).sum(dim=0)  # rows j..e-1
-    total += torch.where(t < j, s[m:], zero).sum(dim=0)  # rows m..m+j-1
-    return total / m
+    return j.clamp_(max=e)
 
 
 @register("tm", requires=(lambda n, f: n >= 2 * f + 1, "n >= 2f + 1"),
@@ -85,7 +102,7 @@ class MeaMed(Rule):
 
     def aggregate(self, x: Tensor, f: int) -> Tensor:
         m = x.shape[0] - trim_count(x.shape[0], f)
-        return columnwise(x, lambda s, cols: closest_mean_of_sorted(s, median_of_sorted(s), m))
+        return columnwise(x, lambda s, cols: closest_mean_of_sorted(s, median_of_sorted(s), m), group=GROUP)
 
 
 @register("phocas", requires=(lambda n, f: n >= 2 * f + 1, "n >= 2f + 1"),
@@ -99,4 +116,5 @@ class Phocas(Rule):
     def aggregate(self, x: Tensor, f: int) -> Tensor:
         b = trim_count(x.shape[0], f)
         m = x.shape[0] - b
-        return columnwise(x, lambda s, cols: closest_mean_of_sorted(s, trimmed_mean_of_sorted(s, b), m))
+        return columnwise(x, lambda s, cols: closest_mean_of_sorted(s, trimmed_mean_of_sorted(s, b), m),
+                          group=GROUP)
