@@ -126,6 +126,8 @@ def check_fields(cfg: Mapping) -> None:
     _int(cfg, "checkpoint.keep", 1)
     _int(cfg, "log.every", 1)
     _num(cfg, "filter.max_abs", 0, lo_open=True, optional=True)
+    if _get(cfg, "perf") is not None:
+        _choice(cfg, "perf.autocast", ("none", "bf16"))
     if _get(cfg, "dataset.name") == "synthetic":
         _int(cfg, "dataset.n_train", 1)
         _int(cfg, "dataset.n_test", 1)

@@ -72,6 +72,10 @@ class Worker:
         self.t_done = -1  # last round whose momentum is in u
         self.wd = float(cfg.weight_decay) if cfg.weight_decay_placement == "worker" else 0.0
         self.beta = float(cfg.momentum)
+        # accuracy-neutral speed options, off by default (parameters stay float32 in the flat buffer)
+        perf = cfg.get("perf") or {}
+        self.autocast = perf.get("autocast", "none") == "bf16"
+        self.channels_last = bool(perf.get("channels_last", False)) and x.dim() == 4
         if self.exchange:
             group_size = topo.m if self.knowledge_mode == "omniscient" else len(self.byzantine)
             self._known = torch.zeros(group_size, self.d, device=self.device)
@@ -89,8 +93,11 @@ class Worker:
     def gradient(self, t: int) -> float:
         """g_t on this round's batch, into the flat gradient buffer; returns the batch loss."""
         x, y = self.sampler.batch(t)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         self.fm.grad.zero_()
-        loss = F.cross_entropy(self.fm.model(x), y)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            loss = F.cross_entropy(self.fm.model(x), y)
         loss.backward()
         if self.wd:
             self.fm.grad.add_(self.fm.params, alpha=self.wd)  # worker-side L2 before the EMA (§2.3)
