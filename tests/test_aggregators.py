@@ -309,6 +309,7 @@ def test_coordinatewise_rules_match_float64_reference(n, f):
     x = random_rows(n, 257, seed=n)
     med = ref_median(x)
     expected = {
+        "mean": x.double().mean(0),
         "cm": med,
         "tm": ref_tm(x, f),
         "meamed": ref_closest(x, med, n - f),
