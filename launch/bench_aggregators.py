@@ -224,8 +224,8 @@ def main(argv: list[str] | None = None) -> str:
     tables = [bench_device(torch.device(dev), args.n, args.d, names, args.reps, ratios) for dev in devices]
     if argv is None:  # run as python -m launch.bench_aggregators
         cmd = " ".join(["python -m launch.bench_aggregators", *sys.argv[1:]])
-    else:
-        cmd = " ".join(["python -m launch.bench aggregators", *argv])
+    else:  # called by python -m launch.bench aggregators
+        cmd = " ".join(["python -m launch.bench aggregators", *(a for a in argv if a != "--write")])
     verdicts = []
     for name, cells in ratios.items():
         missed = [c for c in cells if c[0] > TARGETS[name]]
