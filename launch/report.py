@@ -63,11 +63,23 @@ class Run:
 
     @property
     def rule(self) -> tuple:
-        return (*map(str, self.config.get("pre") or []), str(self.config["aggregator"]))
+        name = str(self.config["aggregator"])
+        changed = _non_default_params(name, self.config.get("aggregator_params") or {})
+        if changed:  # e.g. CC at tau = 0.1 and tau = 1.0 are different rows, never one best-over-lr cell
+            name += "(" + ", ".join(f"{k}={v}" for k, v in sorted(changed.items())) + ")"
+        return (*map(str, self.config.get("pre") or []), name)
 
     @property
     def acc(self) -> float:
         return float(self.summary["final_test_accuracy"])
+
+
+def _non_default_params(rule: str, params: dict) -> dict:
+    """The rule parameters of a run that differ from conf/aggregator/RULE.yaml's defaults."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", "aggregator",
+                        f"{rule}.yaml")
+    defaults = _yaml(path) if os.path.exists(path) else {}
+    return {k: v for k, v in params.items() if k in defaults and defaults[k] != v}
 
 
 def _yaml(path: str) -> dict:
@@ -204,7 +216,11 @@ def frac(d: float) -> str:
 
 
 def rule_label(rule: tuple) -> str:
-    return "∘".join(RULE_NAMES.get(r, r.upper()) for r in rule)
+    def one(r: str) -> str:
+        base, _, params = r.partition("(")
+        return RULE_NAMES.get(base, base.upper()) + (f"({params}" if params else "")
+
+    return "∘".join(one(r) for r in rule)
 
 
 def row_label(alg: str, rule: tuple) -> str:

@@ -184,3 +184,13 @@ def test_cli_writes_report_and_plots_into_out(grid, tmp_path_factory):
 def test_cli_rejects_a_missing_directory(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_rule_parameters_that_differ_from_the_defaults_name_their_own_row():
+    from launch.report import Run, rule_label
+
+    base = {"aggregator": "cc", "byzantine_count": 3, "workers": 8, "attack": "alie"}
+    default = Run("a", True, config={**base, "aggregator_params": {"tau": 0.1, "L": 1}})
+    wide = Run("b", True, config={**base, "aggregator_params": {"tau": 1.0, "L": 1}})
+    assert default.rule == ("cc",) and wide.rule == ("cc(tau=1.0)",)
+    assert rule_label(wide.rule) == "CC(tau=1.0)"
