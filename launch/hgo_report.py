@@ -81,14 +81,14 @@ def plot(groups: dict[str, list[str]], out: str, x: str, title: str, logx: bool 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", help="PNG file to write")
-    p.add_argument("groups", nargs="+", help="LABEL=RUN_DIR[,RUN_DIR...]")
+    p.add_argument("groups", nargs="+", help="LABEL=RUN_DIR[,RUN_DIR...] (the last = splits)")
     p.add_argument("--x", default="round", choices=sorted(X_LABELS))
     p.add_argument("--title", default="")
     p.add_argument("--logx", action="store_true")
     a = p.parse_args(argv)
     groups = {}
     for item in a.groups:
-        label, _, dirs = item.partition("=")
+        label, _, dirs = item.rpartition("=")
         groups[label] = [d for d in dirs.split(",") if d]
     plot(groups, a.out, a.x, a.title, a.logx)
     print("\n".join(table(groups)))

@@ -306,6 +306,14 @@ class HGOServer:
         longest = float(times.max()) if times.numel() else 0.0
         return min(self.tau, longest)
 
+    def _time_writer(self):
+        """TensorBoard events against the logical clock (step = time units), in their own directory so
+        that a resumed run purges them by time, not by round."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        start = int(round(self.logical_time))
+        return SummaryWriter(os.path.join(self.run_dir, "tb", "logical_time"), purge_step=start + 1 if start else None)
+
     def run(self, summary_extra: dict | None = None) -> dict:
         """Train for hgo.rounds rounds (resuming from the latest checkpoint); write summary.json."""
         cfg = self.cfg
@@ -315,6 +323,7 @@ class HGOServer:
             self.load_state_dict(checkpoint.load_rank(self.run_dir, start, "server"))
             log.info("resuming from the checkpoint of round %d (restart %d)", start, self.restarts)
         metrics = MetricsLogger(self.run_dir, self.round, bool(cfg.log.tensorboard))
+        by_time = self._time_writer() if cfg.log.tensorboard else None
         dist.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
         bar = _progress(cfg, self.total_rounds, self.round)
         every, eval_every = int(cfg.checkpoint.every), int(cfg.hgo.eval_every)
@@ -363,8 +372,8 @@ class HGOServer:
                     acc, loss = evaluate(self.fm.model, self.x_test, self.y_test)
                 self.best_acc, self.last_eval = max(self.best_acc, acc), (acc, loss)
                 row = {"test_accuracy": acc, "test_loss": loss}
-                if metrics.tb is not None:
-                    metrics.tb.add_scalar("test/accuracy_vs_logical_time", acc, int(round(self.logical_time)))
+                if by_time is not None:
+                    by_time.add_scalar("test/accuracy_vs_logical_time", acc, int(round(self.logical_time)))
                 if bar is not None:
                     bar.set_postfix(acc=f"{acc:.3f}", b_v=b_v)
             if row is not None or self.round % int(cfg.log.every) == 0:
@@ -388,6 +397,8 @@ class HGOServer:
         if bar is not None:
             bar.close()
         metrics.close()
+        if by_time is not None:
+            by_time.close()
         summary = self.summary()
         for key, val in (summary_extra or {}).items():
             if isinstance(val, dict) and isinstance(summary.get(key), dict):
