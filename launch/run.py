@@ -50,7 +50,8 @@ def launch_group(cfg: DictConfig, run_dir: str) -> None:
 
     # Children fork from a server process that has imported torch and the trainers once: starting
     # 9 ranks costs about a second instead of 9 interpreters importing torch on 2 cores.
-    multiprocessing.set_forkserver_preload(["launch.node", "server.trainer", "worker.trainer"])
+    multiprocessing.set_forkserver_preload(["launch.node", "server.trainer", "worker.trainer", "server.hgo",
+                                            "worker.hgo"])
 
     addr = str(cfg.comm.master_addr)
     port = int(cfg.comm.master_port) or free_port(addr)
