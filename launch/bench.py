@@ -104,6 +104,20 @@ def t_grad(model_name: str, batch: int, reps: int = 30, dataset: str = "mnist5k"
         torch.set_num_threads(threads)
 
 
+def _t_grad_child(args):
+    model_name, batch = args
+    return t_grad(model_name, batch)
+
+
+def t_grad_contended(model_name: str, batch: int, procs: int) -> float:
+    """t_grad measured in `procs` processes at once (every core busy, as during a round): the same
+    single-threaded step, now sharing caches and memory bandwidth with the other cores."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(procs) as pool:
+        return statistics.mean(pool.map(_t_grad_child, [(model_name, batch)] * procs))
+
+
 def t_agg(rule: str, m: int, d: int, f: int = 0, reps: int = 20, **params) -> float:
     from server.aggregators import get_aggregator
 
@@ -128,7 +142,8 @@ def scenario_round(quick: bool) -> str:
     m, cores = 8, os.cpu_count() or 1
     rounds = 60 if quick else 200
     lines = ["| B | rounds/s | round ms | compute | comm + idle | aggregation | update | t_grad ms | t_agg ms |"
-             " floor ms | round / floor |", "|" + "---|" * 11]
+             " floor ms | round / floor | t_grad, all cores busy | contended floor | round / contended |",
+             "|" + "---|" * 14]
     for B in (32, 256):
         summary, rows = run_system(["model=cnn", "aggregator=cc", "attack=none", "byzantine.count=0",
                                     f"batch_size={B}", "epochs=1000", f"max_rounds={rounds}",
@@ -138,9 +153,12 @@ def scenario_round(quick: bool) -> str:
         tg = t_grad("cnn", B)
         ta = t_agg("cc", m, summary["d"], tau=0.1)
         floor = m * tg / min(m, cores) + ta
+        tgc = t_grad_contended("cnn", B, min(m, cores))
+        floor_c = m * tgc / min(m, cores) + ta
         lines.append(f"| {B} | {1 / rt:.1f} | {rt * 1e3:.1f} | {bd['compute'] * 1e3:.1f} | "
                      f"{bd['communication'] * 1e3:.1f} | {bd['aggregation'] * 1e3:.2f} | {bd['update'] * 1e3:.2f} | "
-                     f"{tg * 1e3:.1f} | {ta * 1e3:.2f} | {floor * 1e3:.1f} | **{rt / floor:.2f}** |")
+                     f"{tg * 1e3:.1f} | {ta * 1e3:.2f} | {floor * 1e3:.1f} | **{rt / floor:.2f}** | "
+                     f"{tgc * 1e3:.1f} | {floor_c * 1e3:.1f} | {rt / floor_c:.2f} |")
     return "\n".join(lines)
 
 
