@@ -65,3 +65,17 @@ TB_NAMES = {
     "excluded_nonfinite": "inputs/excluded_nonfinite", "rows_zero": "inputs/zero_rows",
     "excluded_huge": "inputs/excluded_huge", "oracle_error": "oracle/aggregation_error",
 }
+
+
+def write_summary(run_dir: str, summary: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge `extra` into `summary` (dicts one level deep) and write RUN_DIR/summary.json atomically."""
+    for key, v in (extra or {}).items():
+        if isinstance(v, dict) and isinstance(summary.get(key), dict):
+            summary[key].update(v)
+        else:
+            summary[key] = v
+    path = os.path.join(run_dir, "summary.json")
+    with open(path + ".tmp", "w") as fh:
+        json.dump(summary, fh, indent=1)
+    os.replace(path + ".tmp", path)
+    return summary

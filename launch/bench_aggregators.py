@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import re
 import sys
 import time
@@ -167,16 +166,10 @@ def bench_device(device: torch.device, ns: list[int], ds: list[int], names: list
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}, " \
-           f"{torch.get_num_threads()} intra-op threads, {'CPU' if clock is time.thread_time else 'wall'} time"
+    from launch.bench import machine as system
+
+    return f"{system()}, {torch.get_num_threads()} intra-op threads, " \
+           f"{'CPU' if clock is time.thread_time else 'wall'} time"
 
 
 def write_section(body: str) -> None:

@@ -26,7 +26,6 @@ really take t_i * time_unit_s seconds, so the wall clock is real. Both are logge
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -60,7 +59,7 @@ from common.hgo import (
     store_of_group,
     task_labels,
 )
-from common.metrics import TB_NAMES, MetricsLogger
+from common.metrics import TB_NAMES, MetricsLogger, write_summary
 from common.models import build_model
 from common.schedule import learning_rate
 from common.timing import PhaseTimer
@@ -399,15 +398,7 @@ class HGOServer:
         metrics.close()
         if by_time is not None:
             by_time.close()
-        summary = self.summary()
-        for key, val in (summary_extra or {}).items():
-            if isinstance(val, dict) and isinstance(summary.get(key), dict):
-                summary[key].update(val)
-            else:
-                summary[key] = val
-        with open(os.path.join(self.run_dir, "summary.json"), "w") as fh:
-            json.dump(summary, fh, indent=1)
-        return summary
+        return write_summary(self.run_dir, self.summary(), summary_extra)
 
     def summary(self) -> dict:
         cfg, hg = self.cfg, self.cfg.hgo

@@ -5,7 +5,6 @@ The server never learns which workers are Byzantine: it only sees m rows.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ from common.data import load_dataset
 from common.dist import Channel, Heartbeat, Topology
 from common.fault import maybe_inject
 from common.flat import H_CKPT, H_EPOCH, H_LR, H_ROUND, H_STOP, flatten_model
-from common.metrics import TB_NAMES, MetricsLogger
+from common.metrics import TB_NAMES, MetricsLogger, write_summary
 from common.models import build_model
 from common.schedule import learning_rate
 from common.timing import PhaseTimer
@@ -151,15 +150,7 @@ class Server:
         if bar is not None:
             bar.close()
         metrics.close()
-        summary = self.summary()
-        for key, v in (summary_extra or {}).items():
-            if isinstance(v, dict) and isinstance(summary.get(key), dict):
-                summary[key].update(v)
-            else:
-                summary[key] = v
-        with open(os.path.join(self.run_dir, "summary.json"), "w") as fh:
-            json.dump(summary, fh, indent=1)
-        return summary
+        return write_summary(self.run_dir, self.summary(), summary_extra)
 
     def step(self) -> dict | None:
         """One round: broadcast, gather, filter, aggregate, update, (evaluate); returns the metrics row."""
