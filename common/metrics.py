@@ -62,6 +62,7 @@ TB_NAMES = {
     "test_accuracy": "test/accuracy", "test_loss": "test/loss", "train_loss": "train/loss", "lr": "train/lr",
     "agg_norm": "train/aggregate_norm", "round_time": "time/round", "t_compute": "time/compute",
     "t_communication": "time/communication", "t_aggregation": "time/aggregation", "t_update": "time/update",
+    "t_evaluation": "time/evaluation",
     "excluded_nonfinite": "inputs/excluded_nonfinite", "rows_zero": "inputs/zero_rows",
     "excluded_huge": "inputs/excluded_huge", "oracle_error": "oracle/aggregation_error",
 }

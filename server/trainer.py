@@ -235,7 +235,7 @@ class Server:
         with self.timer("evaluation"):
             acc, loss = evaluate(self.fm.model, self.x_test, self.y_test)
         self.best_acc, self.last_eval = max(self.best_acc, acc), (acc, loss)
-        return {"test_accuracy": acc, "test_loss": loss}
+        return {"test_accuracy": acc, "test_loss": loss, "t_evaluation": self.timer.last["evaluation"]}
 
     def _stop(self) -> None:
         """Stop header: workers write their final state, everyone meets at the barrier, then the final

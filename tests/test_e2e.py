@@ -33,6 +33,9 @@ def test_no_attack_reaches_90_percent_on_mnist5k_and_writes_every_contract_file(
     rounds = [r["round"] for r in rows]
     assert rounds == sorted(set(rounds)) and rounds[-1] == 150
     assert [r["test_accuracy"] for r in rows if "test_accuracy" in r][-1] == pytest.approx(s["final_test_accuracy"])
+    evaluated = [r for r in rows if "test_accuracy" in r]
+    assert len(evaluated) == 10 and all(r["t_evaluation"] > 0 for r in evaluated)
+    assert all(r[f"t_{p}"] >= 0 for r in rows for p in ("compute", "communication", "aggregation", "update"))
     # TensorBoard read back with tensorboard's own event reader
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
