@@ -210,7 +210,8 @@ class Server:
         f), aggregate the momenta with the rule and the BatchNorm statistics with the coordinate-wise median."""
         d, k = self.d, self.k
         u_rows, bn_rows = rows[:, :d], rows[:, d:d + k]
-        absmax = rows[:, :d + k].abs().amax(dim=1)  # NaN propagates, so one pass finds both kinds
+        head = rows[:, :d + k]
+        absmax = torch.maximum(head.amax(dim=1), -head.amin(dim=1))  # NaN propagates: one check for both kinds
         finite = torch.isfinite(absmax)
         ok = finite & (absmax <= self.max_abs)
         counts = {"excluded_nonfinite": int((~finite).sum()), "excluded_huge": int((finite & ~ok).sum()),
