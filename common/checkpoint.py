@@ -84,3 +84,14 @@ def mark_complete(run_dir: str, rnd: int, names: list[str], keep: int = 2) -> No
     _atomic_write(_manifest_path(run_dir), lambda fh: fh.write(body))
     for r in drop:
         shutil.rmtree(_round_dir(run_dir, r), ignore_errors=True)
+
+
+def resume(run_dir: str, name: str, load_state_dict) -> int | None:
+    """Load rank `name`'s state of the latest consistent round into `load_state_dict`, if there is one.
+
+    Every role calls this first thing in `run()`, so a restarted group resumes without a special path.
+    """
+    rnd = latest_round(run_dir)
+    if rnd is not None:
+        load_state_dict(load_rank(run_dir, rnd, name))
+    return rnd

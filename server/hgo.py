@@ -317,9 +317,8 @@ class HGOServer:
         """Train for hgo.rounds rounds (resuming from the latest checkpoint); write summary.json."""
         cfg = self.cfg
         self.t_start = time.perf_counter()
-        start = checkpoint.latest_round(self.run_dir)
+        start = checkpoint.resume(self.run_dir, "server", self.load_state_dict)
         if start is not None:
-            self.load_state_dict(checkpoint.load_rank(self.run_dir, start, "server"))
             log.info("resuming from the checkpoint of round %d (restart %d)", start, self.restarts)
         metrics = MetricsLogger(self.run_dir, self.round, bool(cfg.log.tensorboard))
         by_time = self._time_writer() if cfg.log.tensorboard else None

@@ -119,9 +119,7 @@ class Worker:
 
     def run(self) -> None:
         cfg = self.cfg
-        start = checkpoint.latest_round(self.run_dir)
-        if start is not None:
-            self.load_state_dict(checkpoint.load_rank(self.run_dir, start, f"worker_{self.index}"))
+        checkpoint.resume(self.run_dir, f"worker_{self.index}", self.load_state_dict)
         known = self.honest if self.knowledge_mode == "omniscient" else self.byzantine
         ctx = AttackContext(n=self.topo.m, f=len(self.byzantine), rank=self.index,
                             aggregator=dict(cfg.aggregator), declared_f=int(cfg.aggregator.f),
