@@ -140,27 +140,35 @@ class Channel:
         if topo.is_server:
             self.rows = torch.zeros(topo.world, row_len, dtype=torch.float32, device=comm_dev)
             self._gather_list = list(self.rows.unbind(0))
+        # the hot path calls the process group directly with options built once: the generic
+        # dist.broadcast / dist.gather wrappers re-check and re-build these on every call
+        root = dist.get_group_rank(topo.data_group, topo.server)
+        self._bcast_opts = dist.BroadcastOptions()
+        self._bcast_opts.rootRank, self._bcast_opts.rootTensor = root, 0
+        self._gather_opts = dist.GatherOptions()
+        self._gather_opts.rootRank = root
+        self._bcast_in = [self.host_buf]
+        self._gather_out = [self._gather_list] if topo.is_server else []
+        self._gather_in = [self._gather_list[topo.server]] if topo.is_server else [self.row]
 
     def broadcast(self) -> None:
         if self.stage and self.topo.is_server:
             self.host_buf.copy_(self.buf)
-        dist.broadcast(self.host_buf, src=self.topo.server, group=self.topo.data_group)
+        self.topo.data_group.broadcast(self._bcast_in, self._bcast_opts).wait()
         if self.stage and not self.topo.is_server:
             self.buf.copy_(self.host_buf, non_blocking=True)
 
     def gather(self) -> Tensor | None:
         """Workers send `self.row`; the server receives every worker's row into `self.rows` and gets
         back the (m, row_len) matrix of worker rows (a view when the server is global rank 0)."""
+        self.topo.data_group.gather(self._gather_out, self._gather_in, self._gather_opts).wait()
         if self.topo.is_server:
-            dist.gather(self._gather_list[self.topo.server], self._gather_list, dst=self.topo.server,
-                        group=self.topo.data_group)
             s = self.topo.server
             if s == 0:
                 return self.rows[1:]
             if s == self.topo.world - 1:
                 return self.rows[:-1]
             return torch.cat([self.rows[:s], self.rows[s + 1:]])
-        dist.gather(self.row, None, dst=self.topo.server, group=self.topo.data_group)
         return None
 
 

@@ -11,15 +11,21 @@ import os
 import signal
 
 
-def maybe_inject(cfg, who: int, t: int) -> None:
+def fault_round(cfg, who: int) -> int:
+    """The round at which a fault is planned for rank `who`, or -1 (round loops compare against it
+    instead of reading the config every round)."""
     fault = cfg.get("fault") if hasattr(cfg, "get") else None
-    if not fault or fault.get("kind", "none") == "none":
-        return
-    if int(fault.get("rank", -1)) != who or int(fault.get("round", -1)) != t:
+    if not fault or fault.get("kind", "none") == "none" or int(fault.get("rank", -1)) != who:
+        return -1
+    return int(fault.get("round", -1))
+
+
+def maybe_inject(cfg, who: int, t: int) -> None:
+    if fault_round(cfg, who) != t or t < 0:
         return
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) != 0:
         return
-    kind = fault["kind"]
+    kind = cfg.get("fault")["kind"]
     if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif kind == "stop":

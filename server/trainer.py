@@ -5,6 +5,7 @@ The server never learns which workers are Byzantine: it only sees m rows.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ from common import checkpoint
 from common.config import dataset_kwargs, model_kwargs
 from common.data import load_dataset
 from common.dist import Channel, Heartbeat, Topology
-from common.fault import maybe_inject
+from common.fault import fault_round, maybe_inject
 from common.flat import H_CKPT, H_EPOCH, H_LR, H_ROUND, H_STOP, flatten_model
 from common.metrics import TB_NAMES, MetricsLogger, write_summary
 from common.models import build_model
@@ -88,6 +89,15 @@ class Server:
         self.bytes_received = 0
         self.counts = {"excluded_nonfinite": 0, "excluded_huge": 0, "rows_zero": 0}
         self.max_abs = float(cfg.filter.max_abs) if cfg.filter.max_abs is not None else math.inf
+        # plain Python values for the round loop (a config lookup costs microseconds, every round)
+        sch = cfg.schedule
+        self.lr_of_epoch = functools.partial(learning_rate, str(sch.name), float(cfg.lr), epochs=int(cfg.epochs),
+                                             milestones=list(sch.milestones), gamma=float(sch.gamma))
+        self.ckpt_every, self.log_every = int(cfg.checkpoint.every), int(cfg.log.every)
+        self.eval_every = int(cfg.eval_every)
+        self.wd_server = float(cfg.weight_decay) if cfg.weight_decay_placement == "server" else 0.0
+        self.normalize, self.eps = bool(cfg.algorithm.normalize), float(cfg.algorithm.eps)
+        self.fault_round = fault_round(cfg, 0)
         self.wall_before = 0.0  # wall seconds of earlier attempts (restored from a checkpoint)
 
     # ------------------------------------------------------------------------------------ state
@@ -114,8 +124,7 @@ class Server:
     # ------------------------------------------------------------------------------------ round
     def _header(self, t: int, stop: bool, ckpt: bool) -> float:
         epoch = t // self.rpe
-        lr = learning_rate(self.cfg.schedule.name, float(self.cfg.lr), epoch, int(self.cfg.epochs),
-                           list(self.cfg.schedule.milestones), float(self.cfg.schedule.gamma))
+        lr = self.lr_of_epoch(epoch)
         h = self.fm.header
         h.zero_()
         h[H_ROUND], h[H_EPOCH], h[H_LR] = t, epoch, lr
@@ -123,8 +132,7 @@ class Server:
         return lr
 
     def _want_ckpt(self, t: int) -> bool:
-        every = int(self.cfg.checkpoint.every)
-        return every > 0 and t > 0 and t % every == 0
+        return self.ckpt_every > 0 and t > 0 and t % self.ckpt_every == 0
 
     def run(self, summary_extra: dict | None = None) -> dict:
         """Train to the end (resuming from the latest consistent checkpoint) and write summary.json."""
@@ -154,7 +162,8 @@ class Server:
     def step(self) -> dict | None:
         """One round: broadcast, gather, filter, aggregate, update, (evaluate); returns the metrics row."""
         cfg, timer, t = self.cfg, self.timer, self.round
-        maybe_inject(cfg, 0, t)
+        if t == self.fault_round:
+            maybe_inject(cfg, 0, t)
         ckpt = self._want_ckpt(t)
         if ckpt:
             checkpoint.save_rank(self.run_dir, t, "server", self.state_dict())
@@ -172,12 +181,12 @@ class Server:
         with timer("aggregation"):
             a, counts, u_rows = self._aggregate(rows)
         with timer("update"):
-            if cfg.weight_decay_placement == "server":
-                a = a + float(cfg.weight_decay) * self.fm.params
-            a_norm = apply_update(self.fm.params, a, lr, bool(cfg.algorithm.normalize), float(cfg.algorithm.eps))
+            if self.wd_server:
+                a = a + self.wd_server * self.fm.params
+            a_norm = apply_update(self.fm.params, a, lr, self.normalize, self.eps)
         self.round = t + 1
         row = self._evaluate_if_due()
-        if row is None and self.round % int(cfg.log.every):
+        if row is None and self.round % self.log_every:
             return None
         losses = rows[:, d + k + 1][torch.isfinite(rows[:, d + k + 1])]
         row = {"round": self.round, "epoch": self.round / self.rpe, "time": time.perf_counter() - self.t_start,
@@ -229,7 +238,7 @@ class Server:
 
     def _evaluate_if_due(self) -> dict | None:
         epochs_done, epoch_end = divmod(self.round, self.rpe)
-        due = (epoch_end == 0 and epochs_done % int(self.cfg.eval_every) == 0) or self.round == self.total_rounds
+        due = (epoch_end == 0 and epochs_done % self.eval_every == 0) or self.round == self.total_rounds
         if not due:
             return None
         with self.timer("evaluation"):

@@ -18,7 +18,7 @@ from common import checkpoint
 from common.config import dataset_kwargs, model_kwargs
 from common.data import load_dataset, make_partition
 from common.dist import Channel, Heartbeat, Topology
-from common.fault import maybe_inject
+from common.fault import fault_round, maybe_inject
 from common.flat import H_CKPT, H_ROUND, H_STOP, flatten_model
 from common.models import build_model
 
@@ -68,7 +68,10 @@ class Worker:
         self.fm = flatten_model(model, self.device)
         self.d, self.k = self.fm.d, self.fm.k
         self.chan = Channel(topo, self.fm.buf, self.d + self.k + META)
-        self.u = torch.zeros(self.d, device=self.device)
+        if self.chan.row.device == self.device and not self.is_byzantine:
+            self.u = self.chan.row[:self.d]  # an honest worker's momentum lives in the row it sends: no copy
+        else:  # a Byzantine worker sends its attack's vector and keeps u apart
+            self.u = torch.zeros(self.d, device=self.device)
         self.t_done = -1  # last round whose momentum is in u
         self.wd = float(cfg.weight_decay) if cfg.weight_decay_placement == "worker" else 0.0
         self.beta = float(cfg.momentum)
@@ -125,17 +128,20 @@ class Worker:
                             aggregator=dict(cfg.aggregator), declared_f=int(cfg.aggregator.f),
                             honest_ranks=tuple(known), knowledge=self.knowledge_mode)
         row, d, k = self.chan.row, self.d, self.k
+        meta = row[d + k:].numpy() if row.device.type == "cpu" else row[d + k:]  # no tensor op on the CPU path
         heartbeat = Heartbeat(self.topo)
+        fault_at = fault_round(cfg, self.index)
         dist.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
         while True:
             self.chan.broadcast()
-            h = self.fm.header
+            h = self.fm.header.tolist()
             t = int(h[H_ROUND])
             if h[H_CKPT] > 0:
                 checkpoint.save_rank(self.run_dir, t, f"worker_{self.index}", self.state_dict())
             if h[H_STOP] > 0:
                 break
-            maybe_inject(cfg, self.index, t)
+            if t == fault_at:
+                maybe_inject(cfg, self.index, t)
             t0 = time.perf_counter()
             loss = self.gradient(t)
             momentum_step(self.u, self.fm.grad, self.beta, first=self.t_done < 0)
@@ -146,12 +152,13 @@ class Worker:
                 ctx.round = t
                 ctx.generator = torch.Generator(device=self.device).manual_seed(int(cfg.seed) * 1_000_003 + t)
                 v = self.attack(self.u, honest, ctx)
-            row[:d].copy_(v)
-            row[d:d + k].copy_(self.fm.bn)
+            if v.data_ptr() != row.data_ptr():
+                row[:d].copy_(v)
+            if k:
+                row[d:d + k].copy_(self.fm.bn)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            row[d + k] = time.perf_counter() - t0
-            row[d + k + 1] = loss
+            meta[0], meta[1] = time.perf_counter() - t0, loss
             self.chan.gather()
             heartbeat.sent(t)
         dist.barrier()
