@@ -5,6 +5,8 @@ Scenarios
                no attack) at B in {32, 256}, its breakdown, and the floor of this machine:
                floor = m * t_grad(B) / min(m, cores) + t_agg
   scaling      rounds/s and breakdown for m in {8, 16, 32, 64} workers (logreg and MLP on MNIST-5k)
+  comm         a round with no compute: 1 + m processes that only broadcast and gather (the
+               communication floor), through common.dist.Channel and through the generic wrappers
   gpu          ResNet-20 on CIFAR-10-shaped synthetic data, 1 + 8 ranks on one device, one epoch's
                worth of rounds per batch size projected to paper A's 160 epochs (Table 6)
   aggregators  milliseconds per call of every rule (launch.bench_aggregators)
@@ -80,8 +82,10 @@ def per_round_breakdown(rows: list[dict], skip: int) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------- floors
 
-def t_grad(model_name: str, batch: int, reps: int = 30, dataset: str = "mnist5k", **model_kw) -> float:
-    """Median seconds of one forward + backward on `batch` samples, single-threaded, one process."""
+def t_grad(model_name: str, batch: int, reps: int = 30, dataset: str = "mnist5k", clock=time.perf_counter,
+           **model_kw) -> float:
+    """Median seconds of one forward + backward on `batch` samples, single-threaded, one process
+    (wall time; `clock=time.process_time` gives the CPU time the step costs its process)."""
     from common.data import load_dataset
     from common.flat import flatten_model
     from common.models import build_model
@@ -94,11 +98,11 @@ def t_grad(model_name: str, batch: int, reps: int = 30, dataset: str = "mnist5k"
         x, y = ds.x_train[:batch], ds.y_train[:batch]
         times = []
         for i in range(reps + 3):
-            t0 = time.perf_counter()
+            t0 = clock()
             fm.grad.zero_()
             F.cross_entropy(fm.model(x), y).backward()
             if i >= 3:
-                times.append(time.perf_counter() - t0)
+                times.append(clock() - t0)
         return statistics.median(times)
     finally:
         torch.set_num_threads(threads)
@@ -106,12 +110,13 @@ def t_grad(model_name: str, batch: int, reps: int = 30, dataset: str = "mnist5k"
 
 def _t_grad_child(args):
     model_name, batch = args
-    return t_grad(model_name, batch)
+    return t_grad(model_name, batch, reps=60, clock=time.process_time)
 
 
-def t_grad_contended(model_name: str, batch: int, procs: int) -> float:
-    """t_grad measured in `procs` processes at once (every core busy, as during a round): the same
-    single-threaded step, now sharing caches and memory bandwidth with the other cores."""
+def t_grad_shared(model_name: str, batch: int, procs: int) -> float:
+    """CPU seconds of one step when `procs` single-threaded processes run it at once on this machine's
+    cores, as the m workers of a round do: with more processes than cores each step is time-sliced with
+    the others on its core and finds its caches filled by them."""
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(procs) as pool:
@@ -142,7 +147,7 @@ def scenario_round(quick: bool) -> str:
     m, cores = 8, os.cpu_count() or 1
     rounds = 60 if quick else 200
     lines = ["| B | rounds/s | round ms | compute | comm + idle | aggregation | update | t_grad ms | t_agg ms |"
-             " floor ms | round / floor | t_grad, all cores busy | contended floor | round / contended |",
+             f" floor ms | round / floor | CPU per step, {m} processes | shared floor ms | round / shared floor |",
              "|" + "---|" * 14]
     for B in (32, 256):
         summary, rows = run_system(["model=cnn", "aggregator=cc", "attack=none", "byzantine.count=0",
@@ -153,12 +158,67 @@ def scenario_round(quick: bool) -> str:
         tg = t_grad("cnn", B)
         ta = t_agg("cc", m, summary["d"], tau=0.1)
         floor = m * tg / min(m, cores) + ta
-        tgc = t_grad_contended("cnn", B, min(m, cores))
+        tgc = t_grad_shared("cnn", B, m)
         floor_c = m * tgc / min(m, cores) + ta
         lines.append(f"| {B} | {1 / rt:.1f} | {rt * 1e3:.1f} | {bd['compute'] * 1e3:.1f} | "
                      f"{bd['communication'] * 1e3:.1f} | {bd['aggregation'] * 1e3:.2f} | {bd['update'] * 1e3:.2f} | "
                      f"{tg * 1e3:.1f} | {ta * 1e3:.2f} | {floor * 1e3:.1f} | **{rt / floor:.2f}** | "
                      f"{tgc * 1e3:.1f} | {floor_c * 1e3:.1f} | {rt / floor_c:.2f} |")
+    return "\n".join(lines)
+
+
+def _comm_rank(rank: int, world: int, port: int, row_len: int, rounds: int, path: str, out) -> None:
+    """One rank of the communication-only loop: broadcast a row_len buffer, gather a row_len row."""
+    import torch.distributed as dist
+
+    from common.dist import Channel, Topology
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    topo = Topology(rank, world, 0, list(range(1, world)), torch.device("cpu"), "gloo",
+                    dist.new_group(list(range(world))))
+    chan = Channel(topo, torch.zeros(row_len), row_len)
+    rows = [torch.zeros(row_len) for _ in range(world)] if rank == 0 else None
+    for i in range(rounds + 20):
+        if i == 20:
+            w0, c0 = time.perf_counter(), time.process_time()
+        if path == "channel":
+            chan.broadcast()
+            chan.gather()
+        else:  # the generic wrappers, for comparison
+            dist.broadcast(chan.buf, 0, group=topo.data_group)
+            dist.gather(chan.row, rows, dst=0, group=topo.data_group)
+    out.put((rank, (time.perf_counter() - w0) / rounds, (time.process_time() - c0) / rounds))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def comm_round(m: int, row_len: int, rounds: int, path: str = "channel") -> tuple[float, float, float]:
+    """(round seconds, server CPU seconds, mean worker CPU seconds) of a round with no compute:
+    1 + m processes that only broadcast and gather, through common.dist.Channel."""
+    import multiprocessing as mp
+
+    from common.dist import free_port
+
+    ctx = mp.get_context("spawn")
+    out, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_comm_rank, args=(r, m + 1, port, row_len, rounds, path, out)) for r in range(m + 1)]
+    for p in procs:
+        p.start()
+    res = sorted(out.get(timeout=600) for _ in procs)
+    for p in procs:
+        p.join()
+    return res[0][1], res[0][2], statistics.mean(r[2] for r in res[1:])
+
+
+def scenario_comm(quick: bool) -> str:
+    rounds = 100 if quick else 300
+    lines = ["| m | floats per row | path | round ms | server CPU ms | CPU ms per worker |", "|" + "---|" * 6]
+    for m, row_len, model in ((8, 46_732, "cnn"), (64, 7_852, "logreg")):
+        for path in ("channel", "wrappers"):
+            rt, cs, cw = comm_round(m, row_len, rounds, path)
+            name = "Channel (process group, prebuilt options)" if path == "channel" else "dist.broadcast / dist.gather"
+            lines.append(f"| {m} | {row_len:,} ({model}) | {name} | {rt * 1e3:.2f} | {cs * 1e3:.2f} | {cw * 1e3:.3f} |")
     return "\n".join(lines)
 
 
@@ -202,10 +262,11 @@ def scenario_gpu(quick: bool) -> str:
     return "\n".join(lines)
 
 
-SCENARIOS = {"round": scenario_round, "scaling": scenario_scaling, "gpu": scenario_gpu,
+SCENARIOS = {"round": scenario_round, "scaling": scenario_scaling, "comm": scenario_comm, "gpu": scenario_gpu,
              "aggregators": None}  # launch.bench_aggregators writes its own section
 TITLES = {"round": "Round overhead vs the floor (CPU, Gloo, 1 + 8 processes)",
           "scaling": "Scaling with the number of workers m (CPU)",
+          "comm": "Communication alone: broadcast + gather with no compute (CPU, Gloo)",
           "gpu": "ResNet-20, 1 + 8 ranks on one device, projected to 160 epochs",
           "aggregators": "Aggregation rules"}
 

@@ -1,0 +1,28 @@
+"""The benchmark harness runs (numbers are shown by `make bench`, never asserted as timings here)."""
+from __future__ import annotations
+
+import time
+
+from launch import bench
+
+
+def test_comm_round_moves_rows_on_both_paths():
+    for path in ("channel", "wrappers"):
+        rt, server_cpu, worker_cpu = bench.comm_round(2, 64, rounds=5, path=path)
+        assert rt > 0 and server_cpu > 0 and worker_cpu > 0
+
+
+def test_t_grad_wall_and_cpu_clocks():
+    wall = bench.t_grad("logreg", 8, reps=3)
+    cpu = bench.t_grad("logreg", 8, reps=3, clock=time.process_time)
+    assert wall > 0 and cpu > 0
+
+
+def test_write_section_replaces_only_its_own_section(tmp_path, monkeypatch):
+    perf = tmp_path / "PERFORMANCE.md"
+    perf.write_text("# Performance\n\n## Scaling with the number of workers m (CPU)\n\nold table\n\n## Other\n\nkept\n")
+    monkeypatch.setattr(bench, "PERF", str(perf))
+    bench.write_section("scaling", "| new |", "python -m launch.bench scaling")
+    text = perf.read_text()
+    assert "old table" not in text and "| new |" in text and "## Other\n\nkept" in text
+    assert "Command: `python -m launch.bench scaling`" in text
