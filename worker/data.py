@@ -26,7 +26,7 @@ class ShardSampler:
         """Batch of round t: slice t mod R of epoch t div R's permutation (drop_last)."""
         epoch, j = divmod(t, self.rounds_per_epoch)
         idx = self._permutation(epoch)[j * self.B:(j + 1) * self.B]
-        x, y = self.x[idx], self.y[idx]
+        x, y = self.x.index_select(0, idx), self.y.index_select(0, idx)  # = x[idx], without advanced indexing
         if self.augment:
             g = torch.Generator().manual_seed(self.seed * 7_919 + self.worker * 104_729 + t)
             x = augment_crop_flip(x, g)
