@@ -7,8 +7,9 @@ Scenarios
   scaling      rounds/s and breakdown for m in {8, 16, 32, 64} workers (logreg and MLP on MNIST-5k)
   comm         a round with no compute: 1 + m processes that only broadcast and gather (the
                communication floor), through common.dist.Channel and through the generic wrappers
-  gpu          ResNet-20 on CIFAR-10-shaped synthetic data, 1 + 8 ranks on one device, one epoch's
-               worth of rounds per batch size projected to paper A's 160 epochs (Table 6)
+  gpu          ResNet-20 on CIFAR-10-shaped synthetic data, 1 + 8 ranks on one device, rounds per
+               batch size projected to paper A's 160 epochs (Table 6), with GPU utilisation from
+               nvidia-smi; on a GPU also with bf16 autocast + channels_last, and NCCL given 9 GPUs
   aggregators  milliseconds per call of every rule (launch.bench_aggregators)
   all          every scenario above
 
@@ -240,25 +241,79 @@ def scenario_scaling(quick: bool) -> str:
     return "\n".join(lines)
 
 
+class GpuUtilisation:
+    """Samples `nvidia-smi` (GPU busy %, memory used) in a thread while a job runs; `mean()` and
+    `peak_mib()` are None where no NVIDIA GPU or tool is present."""
+
+    QUERY = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", "0"]
+
+    def __init__(self, period_s: float = 0.25):
+        import shutil
+
+        self.period, self.samples, self.enabled = period_s, [], shutil.which("nvidia-smi") is not None
+        self._stop = None
+
+    def _loop(self) -> None:
+        import subprocess
+
+        while not self._stop.wait(self.period):
+            try:
+                out = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=5).stdout
+                util, mem = (float(v) for v in out.strip().splitlines()[0].split(","))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                continue
+            self.samples.append((util, mem))
+
+    def __enter__(self) -> GpuUtilisation:
+        import threading
+
+        if self.enabled:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+
+    def mean(self) -> float | None:
+        return statistics.mean(u for u, _ in self.samples) if self.samples else None
+
+    def peak_mib(self) -> float | None:
+        return max(m for _, m in self.samples) if self.samples else None
+
+
 def scenario_gpu(quick: bool) -> str:
-    """ResNet-20, 1 + 8 ranks on one device (Gloo with host staging); projected to 160 epochs."""
+    """ResNet-20, 1 + 8 ranks on one device (Gloo with host staging; NCCL as well where 9 GPUs give
+    every rank its own), without and with the GPU speed options; projected to 160 epochs."""
     on_gpu = torch.cuda.is_available()
     sizes = (32, 64, 128, 256, 512, 1024) if on_gpu and not quick else (32, 64)
     rounds = 40 if on_gpu else 6
     n_train = 50000 if on_gpu else 8 * 64 * 4
-    lines = ["| B x 8 | device | round ms | rounds/epoch | projected 160 epochs (s) | paper A Table 6 (s) | ratio |",
-             "|" + "---|" * 7]
+    variants = [("gloo, shared device", [])]
+    if on_gpu and not quick:
+        variants.append(("gloo, bf16 + channels_last", ["perf.autocast=bf16", "perf.channels_last=true"]))
+        if torch.cuda.device_count() >= 9:
+            variants.append(("nccl, one GPU per rank", ["comm.backend=nccl"]))
+    lines = ["| B x 8 | device | setup | round ms | rounds/epoch | projected 160 epochs (s) | paper A Table 6 (s) |"
+             " ratio | GPU busy % | GPU memory MiB |", "|" + "---|" * 10]
     for B in sizes:
-        _, rows = run_system(["model=resnet20", "dataset=synthetic", "dataset.shape=[3,32,32]",
-                              f"dataset.n_train={n_train}", "dataset.n_test=1000", "aggregator=cc",
-                              "attack=none", "byzantine.count=0", f"batch_size={B}", "epochs=1000",
-                              f"max_rounds={rounds}", "eval_every=100000", "log.every=2",
-                              f"device={'cuda' if on_gpu else 'cpu'}"])
-        rt = steady_round_time(rows, skip=4 if not on_gpu else 10)
-        rpe = (50000 // 8) // B
-        proj = rt * rpe * 160
-        lines.append(f"| {B} | {'cuda' if on_gpu else 'cpu'} | {rt * 1e3:.1f} | {rpe} | {proj:.0f} | "
-                     f"{PAPER_A_TABLE6[B]} | {proj / PAPER_A_TABLE6[B]:.2f} |")
+        for name, extra in variants:
+            with GpuUtilisation() as gpu:
+                _, rows = run_system(["model=resnet20", "dataset=synthetic", "dataset.shape=[3,32,32]",
+                                      f"dataset.n_train={n_train}", "dataset.n_test=1000", "aggregator=cc",
+                                      "attack=none", "byzantine.count=0", f"batch_size={B}", "epochs=1000",
+                                      f"max_rounds={rounds}", "eval_every=100000", "log.every=2",
+                                      f"device={'cuda' if on_gpu else 'cpu'}", *extra])
+            rt = steady_round_time(rows, skip=4 if not on_gpu else 10)
+            rpe = (50000 // 8) // B
+            proj = rt * rpe * 160
+            util, mem = gpu.mean(), gpu.peak_mib()
+            lines.append(f"| {B} | {'cuda' if on_gpu else 'cpu'} | {name} | {rt * 1e3:.1f} | {rpe} | {proj:.0f} | "
+                         f"{PAPER_A_TABLE6[B]} | {proj / PAPER_A_TABLE6[B]:.2f} | "
+                         f"{'n/a' if util is None else f'{util:.0f}'} | {'n/a' if mem is None else f'{mem:.0f}'} |")
     return "\n".join(lines)
 
 

@@ -26,3 +26,27 @@ def test_write_section_replaces_only_its_own_section(tmp_path, monkeypatch):
     text = perf.read_text()
     assert "old table" not in text and "| new |" in text and "## Other\n\nkept" in text
     assert "Command: `python -m launch.bench scaling`" in text
+
+
+def test_gpu_utilisation_sampler_is_silent_without_a_gpu_tool(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with bench.GpuUtilisation(period_s=0.01) as gpu:
+        time.sleep(0.05)
+    assert gpu.mean() is None and gpu.peak_mib() is None
+
+
+def test_gpu_utilisation_sampler_parses_nvidia_smi(monkeypatch, tmp_path):
+    import os
+    import stat
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho '87, 4096'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with bench.GpuUtilisation(period_s=0.01) as gpu:
+        deadline = time.time() + 10
+        while not gpu.samples and time.time() < deadline:
+            time.sleep(0.01)
+    assert gpu.mean() == 87.0 and gpu.peak_mib() == 4096.0
