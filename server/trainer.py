@@ -219,13 +219,15 @@ class Server:
         d, k = self.d, self.k
         u_rows, bn_rows = rows[:, :d], rows[:, d:d + k]
         head = rows[:, :d + k]
-        absmax = torch.maximum(head.amax(dim=1), -head.amin(dim=1))  # NaN propagates: one check for both kinds
-        finite = torch.isfinite(absmax)
-        ok = finite & (absmax <= self.max_abs)
-        counts = {"excluded_nonfinite": int((~finite).sum()), "excluded_huge": int((finite & ~ok).sum()),
-                  "rows_zero": int((absmax == 0).sum())}
+        # max |entry| per row, NaN propagating; classified in Python (m floats, one device sync)
+        absmax = torch.maximum(head.amax(dim=1), -head.amin(dim=1)).tolist()
+        nonfinite = [not math.isfinite(a) for a in absmax]
+        huge = [math.isfinite(a) and a > self.max_abs for a in absmax]
+        counts = {"excluded_nonfinite": sum(nonfinite), "excluded_huge": sum(huge),
+                  "rows_zero": sum(a == 0 for a in absmax)}
         excluded = counts["excluded_nonfinite"] + counts["excluded_huge"]
         if excluded:
+            ok = torch.tensor([not (a or b) for a, b in zip(nonfinite, huge)], device=rows.device)
             u_rows, bn_rows = u_rows[ok], bn_rows[ok]
         if u_rows.shape[0] == 0:
             raise RuntimeError(f"round {self.round}: every worker row was non-finite or beyond filter.max_abs")
