@@ -228,20 +228,25 @@ class HGOWorker:
             self._run_store()
         dist.barrier()
 
-    def _round_of(self, h: Tensor) -> tuple[int, int, list[int]]:
-        seed = int(h[H_SEED])
-        return int(h[H_ROUND]), seed, selection(seed, self.m, self.q)
+    def _answer_header(self) -> tuple[int, tuple[Tensor, Tensor] | None] | None:
+        """Read the round's header from the parameter buffer and answer it: (t, reply and values, or
+        None when this worker is not selected); None when the header says stop."""
+        h = self.fm.header.tolist()
+        if h[H_STOP] > 0:
+            return None
+        t, seed = int(h[H_ROUND]), int(h[H_SEED])
+        sel = selection(seed, self.m, self.q)
+        maybe_inject(self.cfg, self.index, t)
+        return t, self.answer(t, seed, sel, self.index in sel)
 
     def _run_collective(self) -> None:
         row, chan = self.chan.row, self.chan
         while True:
             chan.broadcast()
-            h = self.fm.header
-            if h[H_STOP] > 0:
+            step = self._answer_header()
+            if step is None:
                 break
-            t, seed, sel = self._round_of(h)
-            maybe_inject(self.cfg, self.index, t)
-            out = self.answer(t, seed, sel, self.index in sel)
+            _, out = step
             row.zero_()
             if out is not None:
                 row.copy_(out[0])
@@ -262,12 +267,10 @@ class HGOWorker:
             t = max(t, int(store.get("latest")))
             payload = store.get(f"w{t}")
             buf.copy_(torch.frombuffer(bytearray(payload), dtype=torch.float32).to(buf.device))
-            h = self.fm.header
-            if h[H_STOP] > 0:
+            step = self._answer_header()
+            if step is None:
                 break
-            t, seed, sel = self._round_of(h)
-            maybe_inject(self.cfg, self.index, t)
-            out = self.answer(t, seed, sel, self.index in sel)
+            t, out = step
             if out is not None:
                 msg = torch.cat([out[0], out[1].detach().cpu()]).numpy().tobytes()
                 store.set(f"b{t}/{self.index}", msg)
