@@ -59,14 +59,14 @@ from common.hgo import (
     store_of_group,
     task_labels,
 )
-from common.metrics import TB_NAMES, MetricsLogger, write_summary
+from common.metrics import TB_NAMES, write_summary
 from common.models import build_model
 from common.schedule import learning_rate
 from common.timing import PhaseTimer
 
 from .aggregators import get_aggregator
 from .quorum import aggregate_blocks, quorum_length
-from .trainer import _progress, aggregator_params, evaluate, rounds_per_epoch
+from .trainer import _progress, aggregator_params, begin_run, evaluate, rounds_per_epoch
 
 log = logging.getLogger("byz")
 PHASES = ("compute", "communication", "aggregation", "update")
@@ -316,11 +316,7 @@ class HGOServer:
     def run(self, summary_extra: dict | None = None) -> dict:
         """Train for hgo.rounds rounds (resuming from the latest checkpoint); write summary.json."""
         cfg = self.cfg
-        self.t_start = time.perf_counter()
-        start = checkpoint.resume(self.run_dir, "server", self.load_state_dict)
-        if start is not None:
-            log.info("resuming from the checkpoint of round %d (restart %d)", start, self.restarts)
-        metrics = MetricsLogger(self.run_dir, self.round, bool(cfg.log.tensorboard))
+        metrics = begin_run(self)
         by_time = self._time_writer() if cfg.log.tensorboard else None
         dist.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
         bar = _progress(cfg, self.total_rounds, self.round)

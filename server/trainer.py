@@ -137,11 +137,7 @@ class Server:
     def run(self, summary_extra: dict | None = None) -> dict:
         """Train to the end (resuming from the latest consistent checkpoint) and write summary.json."""
         cfg = self.cfg
-        self.t_start = time.perf_counter()
-        start = checkpoint.resume(self.run_dir, "server", self.load_state_dict)
-        if start is not None:
-            log.info("resuming from the checkpoint of round %d (restart %d)", start, self.restarts)
-        metrics = MetricsLogger(self.run_dir, self.round, bool(cfg.log.tensorboard))
+        metrics = begin_run(self)
         self.heartbeat = Heartbeat(self.topo)
         torch.distributed.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
         bar = _progress(cfg, self.total_rounds, self.round)
@@ -274,6 +270,16 @@ class Server:
             "config": {"algorithm": cfg.algorithm.name, "aggregator": name, "f": f, "pre": pre,
                        "aggregator_params": params, "device": str(self.device), "backend": self.topo.backend},
         }
+
+
+def begin_run(server) -> MetricsLogger:
+    """Start the clock, resume from the latest consistent checkpoint if there is one (torchtitan-style:
+    a restarted job continues by itself), and open the metrics log at the resumed round."""
+    server.t_start = time.perf_counter()
+    start = checkpoint.resume(server.run_dir, "server", server.load_state_dict)
+    if start is not None:
+        log.info("resuming from the checkpoint of round %d (restart %d)", start, server.restarts)
+    return MetricsLogger(server.run_dir, server.round, bool(server.cfg.log.tensorboard))
 
 
 def _progress(cfg, total: int, initial: int):
