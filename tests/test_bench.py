@@ -37,16 +37,14 @@ def test_gpu_utilisation_sampler_is_silent_without_a_gpu_tool(monkeypatch):
     assert gpu.mean() is None and gpu.peak_mib() is None
 
 
-def test_gpu_utilisation_sampler_parses_nvidia_smi(monkeypatch, tmp_path):
-    import os
-    import stat
+def test_gpu_utilisation_sampler_parses_nvidia_smi(monkeypatch):
+    import shutil
+    import sys
 
-    fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\necho '87, 4096'\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(bench.GpuUtilisation, "QUERY", [sys.executable, "-c", "print('87, 4096')"])
     with bench.GpuUtilisation(period_s=0.01) as gpu:
-        deadline = time.time() + 10
+        deadline = time.time() + 20
         while not gpu.samples and time.time() < deadline:
             time.sleep(0.01)
     assert gpu.mean() == 87.0 and gpu.peak_mib() == 4096.0
