@@ -175,7 +175,7 @@ class Server:
         timer.total["communication"] += net - timer.last["communication"]
         timer.last["communication"] = net
         with timer("aggregation"):
-            a, counts, u_rows = self._aggregate(rows)
+            a, counts = self._aggregate(rows)
         with timer("update"):
             if self.wd_server:
                 a = a + self.wd_server * self.fm.params
@@ -190,8 +190,8 @@ class Server:
                "round_time": time.perf_counter() - t0,
                **{f"t_{p}": timer.last.get(p, 0.0) for p in ("compute", "communication", "aggregation", "update")},
                **counts, **(row or {})}
-        for obs in self.observers:
-            row.update(obs(t, u_rows, a))
+        for obs in self.observers:  # every worker's row, in worker order (excluded rows included)
+            row.update(obs(t, rows[:, :d], a))
         return row
 
     def _exchange(self, t: int) -> Tensor:
@@ -209,7 +209,7 @@ class Server:
         self.bytes_received += rows.numel() * rows.element_size()
         return rows
 
-    def _aggregate(self, rows: Tensor) -> tuple[Tensor, dict, Tensor]:
+    def _aggregate(self, rows: Tensor) -> tuple[Tensor, dict]:
         """Exclude non-finite and absurd rows (|entry| > filter.max_abs; they count against the declared
         f), aggregate the momenta with the rule and the BatchNorm statistics with the coordinate-wise median."""
         d, k = self.d, self.k
@@ -232,7 +232,7 @@ class Server:
             self.fm.bn.copy_(midpoint_median(bn_rows))
         for key, v in counts.items():
             self.counts[key] += v
-        return a, counts, u_rows
+        return a, counts
 
     def _evaluate_if_due(self) -> dict | None:
         epochs_done, epoch_end = divmod(self.round, self.rpe)
