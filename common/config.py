@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .data import DATASETS
+from .data import DATASETS, smallest_shard
 from .models import MODELS
 from .schedule import SCHEDULES
 
@@ -132,11 +132,13 @@ def check_fields(cfg: Mapping) -> None:
         _int(cfg, "dataset.n_train", 1)
         _int(cfg, "dataset.n_test", 1)
         _int(cfg, "dataset.num_classes", 2)
-    if _get(cfg, "algorithm.name") in ("byzsgdm", "byzsgdnm") and _get(cfg, "dataset.partition") == "iid":
-        shard = train_size(cfg) // m
+    if _get(cfg, "algorithm.name") in ("byzsgdm", "byzsgdnm"):
+        kind = _get(cfg, "dataset.partition")
+        shard = smallest_shard(kind, train_size(cfg), m, int(_get(cfg, "seed", 0)),
+                               int(_get(cfg, "dataset.classes_per_worker", 2)))
         if b > shard:
-            raise ConfigError(
-                f"batch_size={b} exceeds the shard size {shard} ({train_size(cfg)} training samples / {m} workers)")
+            raise ConfigError(f"batch_size={b} exceeds the shard size {shard} "
+                              f"({train_size(cfg)} training samples / {m} workers, partition {kind})")
 
 
 def check_run_dir(path: str) -> None:

@@ -204,13 +204,27 @@ def partition_dirichlet(labels: Tensor, m: int, alpha: float, seed: int) -> list
     return shards
 
 
+def _pieces_of_workers(m: int, classes_per_worker: int, seed: int) -> list[np.ndarray]:
+    """Which of the m * k label-sorted pieces each worker gets (a seeded permutation, k per worker)."""
+    assign = np.random.default_rng(seed).permutation(m * classes_per_worker)
+    return [assign[i::m] for i in range(m)]
+
+
 def partition_shards(labels: Tensor, m: int, classes_per_worker: int, seed: int) -> list[Tensor]:
     """Non-i.i.d. shards: sort by label, cut into m * k pieces, give each worker k pieces (paper B)."""
-    rng = np.random.default_rng(seed)
     order = np.argsort(labels.numpy(), kind="stable")
     pieces = np.array_split(order, m * classes_per_worker)
-    assign = rng.permutation(len(pieces))
-    return [torch.as_tensor(np.concatenate([pieces[j] for j in assign[i::m]])) for i in range(m)]
+    return [torch.as_tensor(np.concatenate([pieces[j] for j in own]))
+            for own in _pieces_of_workers(m, classes_per_worker, seed)]
+
+
+def smallest_shard(kind: str, num_samples: int, m: int, seed: int, classes_per_worker: int = 2) -> int:
+    """The fewest samples any worker gets from `make_partition` with the same arguments, without the
+    labels: iid and dirichlet shards all hold num_samples // m; `shards` pieces differ by one sample."""
+    if kind != "shards":
+        return num_samples // m
+    sizes = np.array([len(p) for p in np.array_split(np.empty(num_samples), m * classes_per_worker)])
+    return int(min(sizes[own].sum() for own in _pieces_of_workers(m, classes_per_worker, seed)))
 
 
 def make_partition(kind: str, labels: Tensor, m: int, seed: int, alpha: float = 1.0,

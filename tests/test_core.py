@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.data import augment_crop_flip, load_dataset, make_partition, partition_iid
+from common.data import augment_crop_flip, load_dataset, make_partition, partition_iid, smallest_shard
 from common.flat import HEADER, flatten_model, views_intact
 from common.models import build_model, num_parameters
 from common.schedule import learning_rate
@@ -41,9 +41,15 @@ def test_flat_buffers_carry_batchnorm_statistics():
     fm = flatten_model(build_model("resnet20", (3, 32, 32), 10))
     assert fm.d == 269722
     assert fm.k == 1376  # running mean + var of 19 BN layers (688 channels)
+    stats = [b for b in fm.model.buffers() if b.is_floating_point()]
+    lo, hi = fm.bn.data_ptr(), fm.bn.data_ptr() + fm.bn.numel() * fm.bn.element_size()
+    assert all(lo <= b.data_ptr() < hi for b in stats)  # every statistic is a view into fm.bn
+    before = fm.bn.clone()
     fm.model.train()
     fm.model(torch.randn(4, 3, 32, 32))
-    assert float(fm.bn.abs().sum()) > 0  # the forward pass wrote the statistics into the flat buffer
+    assert not torch.equal(fm.bn, before)  # the forward pass updated the statistics in place ...
+    assert torch.equal(fm.bn, torch.cat([b.flatten() for b in stats]))  # ... and fm.bn is what they hold
+    assert all(lo <= b.data_ptr() < hi for b in fm.model.buffers() if b.is_floating_point())
 
 
 def test_resnet20_parameter_counts_match_he_et_al():
@@ -114,6 +120,29 @@ def test_noniid_partitions_cover_disjoint_indices(kind):
         assert [len(s) for s in shards] == [100] * 10
 
 
+@pytest.mark.parametrize("kind", ["iid", "dirichlet", "shards"])
+@pytest.mark.parametrize("n, m, k", [(4000, 8, 2), (4000, 7, 2), (1437, 9, 3), (1000, 64, 1)])
+def test_smallest_shard_is_the_smallest_shard_the_partition_gives(kind, n, m, k):
+    labels = torch.arange(n) % 10
+    for seed in range(3):
+        shards = make_partition(kind, labels, m, seed=seed, alpha=0.5, classes_per_worker=k)
+        assert smallest_shard(kind, n, m, seed, k) == min(len(s) for s in shards)
+
+
+@pytest.mark.parametrize("overrides, shard", [
+    (["dataset.partition=dirichlet", "batch_size=501"], "shard size 500 "),
+    # 14 pieces of 285 or 286 samples: with seed 1 one worker gets two of 285
+    (["dataset.partition=shards", "workers=7", "seed=1", "batch_size=571"], "shard size 570 "),
+])
+def test_batch_larger_than_a_non_iid_shard_is_a_config_error(overrides, shard):
+    from common.config import ConfigError, check_fields
+    from launch.node import compose
+
+    with pytest.raises(ConfigError, match=f"batch_size=.* exceeds the {shard}"):
+        check_fields(compose(["byzantine.count=1", *overrides]))
+    check_fields(compose(["byzantine.count=1", *overrides[:-1], "batch_size=500"]))  # fits: no error
+
+
 def test_sampler_is_a_function_of_the_round_only():
     x, y = torch.arange(100.0).view(100, 1), torch.arange(100)
     a, b = ShardSampler(x, y, 10, seed=3, worker=2), ShardSampler(x, y, 10, seed=3, worker=2)
@@ -123,15 +152,21 @@ def test_sampler_is_a_function_of_the_round_only():
     assert not torch.equal(a.batch(3)[1], a.batch(13)[1])
 
 
-def test_augmentation_is_a_crop_of_the_padded_image_or_its_mirror():
-    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+def test_augmentation_is_a_random_crop_of_the_padded_image_or_its_mirror():
+    n = 64
+    x = torch.arange(n * 3 * 8 * 8, dtype=torch.float32).view(n, 3, 8, 8) + 1  # no zero pixel: pads show
     out = augment_crop_flip(x, torch.Generator().manual_seed(0), pad=2)
     assert out.shape == x.shape
     padded = F.pad(x, (2, 2, 2, 2))
-    for i in range(2):
-        found = any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(-1))
-                    for c in (padded[i, :, r:r + 8, s:s + 8] for r in range(5) for s in range(5)))
-        assert found
+    offsets, flips = set(), 0
+    for i in range(n):
+        hits = [(r, s, flip) for r in range(5) for s in range(5) for flip in (False, True)
+                if torch.equal(out[i], padded[i, :, r:r + 8, s:s + 8].flip(-1) if flip
+                               else padded[i, :, r:r + 8, s:s + 8])]
+        assert len(hits) == 1, i  # exactly one crop (and mirror) explains every output
+        offsets.add(hits[0][:2])
+        flips += hits[0][2]
+    assert len(offsets) > 10 and 16 < flips < 48  # offsets vary over the 25 crops; about half mirrored
 
 
 def test_embedded_dataset_shapes():
