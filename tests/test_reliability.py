@@ -1,7 +1,7 @@
 """Faults with real processes: SIGKILL of a worker or the server, a hung worker, garbage rows, user errors."""
+import re
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -41,14 +41,16 @@ def test_sigkill_of_a_worker_or_the_server_resumes_bitwise_exactly(tmp_path):
 @pytest.mark.e2e
 def test_hung_worker_times_out_restarts_and_completes(tmp_path):
     run = tmp_path / "hang"
-    t0 = time.time()
     proc = launch(run, *SHORT, "max_rounds=20", "fault.kind=stop", "fault.rank=5", "fault.round=12",
                   "comm.timeout_round_s=4")
     s = summary(run)
     assert s["restarts"] == 1 and s["rounds_completed"] == 20
     _rounds_unique_and_complete(run, 20)
-    assert "no answer from worker(s) [5]" in proc.stdout + proc.stderr
-    assert time.time() - t0 < 120
+    out = proc.stdout + proc.stderr
+    assert "no answer from worker(s) [5]" in out
+    # the round timeout (4 s) fired, not the start-up timeout (300 s)
+    waited = re.search(r"round 12 failed after ([0-9.]+) s", out)
+    assert waited and float(waited.group(1)) < 60, out[-2000:]
 
 
 @pytest.mark.e2e
@@ -67,10 +69,8 @@ def test_nan_rows_are_excluded_and_cost_under_two_points(tmp_path):
 
 
 def _cli(*overrides, tmp):
-    t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "launch.run", *overrides, f"run.dir={tmp}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    return proc, time.time() - t0
+    return subprocess.run([sys.executable, "-m", "launch.run", *overrides, f"run.dir={tmp}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("overrides,expect", [
@@ -82,13 +82,13 @@ def _cli(*overrides, tmp):
     (["epochs=0"], "epochs=0 must be >= 1"),
     (["dataset=cifar10", "dataset.root=/nonexistent"], "dataset.download=true"),
 ])
-def test_user_errors_print_one_line_and_exit_nonzero_within_seconds(tmp_path, overrides, expect):
-    proc, seconds = _cli(*overrides, tmp=tmp_path / "run")
+def test_user_errors_print_one_line_and_exit_nonzero_before_any_process_starts(tmp_path, overrides, expect):
+    proc = _cli(*overrides, tmp=tmp_path / "run")
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert seconds < 30
+    assert not (tmp_path / "run" / "config.yaml").exists()  # rejected before the run was prepared
 
 
 def test_port_in_use_and_unwritable_run_dir_are_user_errors(tmp_path):
@@ -98,11 +98,11 @@ def test_port_in_use_and_unwritable_run_dir_are_user_errors(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        proc, _ = _cli(f"comm.master_port={port}", tmp=tmp_path / "run")
+        proc = _cli(f"comm.master_port={port}", tmp=tmp_path / "run")
     assert proc.returncode == 2 and f"comm.master_port={port} is already in use" in proc.stderr
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    proc, _ = _cli(tmp=blocker / "run")
+    proc = _cli(tmp=blocker / "run")
     assert proc.returncode == 2 and "is not writable" in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
