@@ -25,16 +25,15 @@ def test_no_attack_reaches_90_percent_on_mnist5k_and_writes_every_contract_file(
     s = summary(run)
     assert s["epochs_completed"] == 10 and s["rounds_completed"] == 150
     assert s["final_test_accuracy"] >= 0.90, s["final_test_accuracy"]
-    assert s["best_test_accuracy"] >= s["final_test_accuracy"]
     assert s["bytes_received"] == 150 * 8 * (s["d"] + s["bn_floats"] + 2) * 4
     assert set(s["time_breakdown"]) == {"compute", "communication", "aggregation", "update", "evaluation"}
-    assert _check_run_contract(run) == []
     rows = metrics(run)
     rounds = [r["round"] for r in rows]
     assert rounds == sorted(set(rounds)) and rounds[-1] == 150
     assert [r["test_accuracy"] for r in rows if "test_accuracy" in r][-1] == pytest.approx(s["final_test_accuracy"])
     evaluated = [r for r in rows if "test_accuracy" in r]
     assert len(evaluated) == 10 and all(r["t_evaluation"] > 0 for r in evaluated)
+    assert s["best_test_accuracy"] == pytest.approx(max(r["test_accuracy"] for r in evaluated))
     assert all(r[f"t_{p}"] >= 0 for r in rows for p in ("compute", "communication", "aggregation", "update"))
     # TensorBoard read back with tensorboard's own event reader
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -44,6 +43,7 @@ def test_no_attack_reaches_90_percent_on_mnist5k_and_writes_every_contract_file(
     series = acc.Scalars("test/accuracy")
     assert [e.step for e in series] == [15 * k for k in range(1, 11)]
     assert series[-1].value == pytest.approx(s["final_test_accuracy"], abs=1e-6)
+    assert _check_run_contract(run) == []  # last: it skips when the checker is not beside the repository
 
 
 def test_bitflip_breaks_mean_but_not_coordinate_median(tmp_path):

@@ -26,27 +26,20 @@ def trimmed_mean_of_sorted(s: Tensor, b: int) -> Tensor:
 def closest_mean_of_sorted(s: Tensor, centre: Tensor, m: int) -> Tensor:
     """Per column, the average of the m values closest to `centre` (MeaMed / Phocas / Bulyan, §3.6).
 
-    In a sorted column the m values closest to any point form a window [j, j + m), 0 <= j <= e = n - m.
-    Distances to the centre fall then rise along the column, so a window holds m closest values exactly
-    when its two ends are no farther than the two values just outside it. When the centre lies between
-    rows e - 1 and n - e (the median and the trimmed mean always do), j is a count of comparisons;
-    otherwise the first such window is searched. Ties between equally distant values go to the lower
-    values. When m >= e every window contains rows [e, m), and of each pair (i, m + i), i < e, exactly
-    one row: the sum is that core plus one masked selection (no subtraction, hence no cancellation
-    next to huge values).
+    In a sorted column the m values closest to any point c form a window [j, j + m), 0 <= j <= e = n - m.
+    Window j + 1 is closer than window j exactly when c - s_j > s_(j+m) - c, i.e. s_j + s_(j+m) < 2c:
+    signed differences, not distances, so the test holds for a prefix of j even when values tie, and
+    j is the number of windows that pass it (the k-closest-elements search, as one count). An equal
+    pair keeps the lower value. When m >= e every window contains rows [e, m), and of each pair
+    (i, m + i), i < e, exactly one row: the sum is that core plus one masked selection (no subtraction,
+    hence no cancellation next to huge values).
     """
     n = s.shape[0]
     m = max(1, min(m, n))
     e = n - m
     if e == 0:
         return s.mean(dim=0)
-    if e <= n - e and bool(((s[e - 1] <= centre) & (centre <= s[n - e])).all()):
-        # the e lowest rows lie below the centre and the e highest above it: along each end the
-        # distances fall towards the centre, so the e excluded values are the e largest of two sorted
-        # sequences, and the count taken from the low end is #{i < e : |s_i - c| > |s_(n-e+i) - c|}
-        j = ((centre - s[:e]) > (s[n - e:] - centre)).sum(dim=0, dtype=torch.int32)
-    else:
-        j = _first_valid_window(s, centre, m)
+    j = ((centre - s[:e]) > (s[m:] - centre)).sum(dim=0, dtype=torch.int32)
     if m < e:  # (Bulyan with n < 6f) no row is in every window: mask all rows
         pos = torch.arange(n, device=s.device, dtype=torch.int32).unsqueeze(1)
         zero = torch.zeros((), dtype=s.dtype, device=s.device)
@@ -56,27 +49,6 @@ def closest_mean_of_sorted(s: Tensor, centre: Tensor, m: int) -> Tensor:
     # of the pair (row i, row m + i), i < e, exactly one is in the window: row i when i >= j
     total += torch.where(t >= j, s[:e], s[m:]).sum(dim=0)
     return total / m
-
-
-def _first_valid_window(s: Tensor, centre: Tensor, m: int) -> Tensor:
-    """Start j of the first window [j, j + m) whose ends are no farther from the centre than the rows
-    just outside it, (c,) int32; j = n - m when none is (only with NaN)."""
-    e = s.shape[0] - m
-    left = (s[:e + 1] - centre).abs_()  # distance of the first row of window j = 0..e
-    right = (s[m - 1:] - centre).abs_()  # distance of its last row
-    far = torch.maximum(left, right)
-    near = torch.empty_like(far)  # the closer of the two rows just outside window j
-    near[0] = right[1]
-    near[e] = left[e - 1]
-    if e > 1:
-        torch.minimum(left[:e - 1], right[2:], out=near[1:e])
-    invalid = far > near
-    run = invalid[0].clone()
-    j = run.to(torch.int32)  # number of leading invalid windows (a running AND: argmax along dim 0
-    for t in range(1, e + 1):  # is a slow path on CPU)
-        run &= invalid[t]
-        j += run
-    return j.clamp_(max=e)
 
 
 @register("tm", requires=(lambda n, f: n >= 2 * f + 1, "n >= 2f + 1"),
