@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import zlib
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -76,10 +77,32 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def init(cfg) -> Topology:
-    """Join the group started by torchrun and work out roles, device and the data group.
+def device_key(device: torch.device) -> int:
+    """The same number in every process that uses this physical GPU, -1 on the CPU: a checksum of the
+    GPU's UUID (of host name and index where the UUID is not available). Deterministic across
+    interpreters, unlike hash(), which Python salts per process."""
+    if device.type != "cuda":
+        return -1
+    try:
+        ident = str(torch.cuda.get_device_properties(device).uuid)
+    except (AttributeError, RuntimeError):
+        ident = f"{socket.gethostname()}/{device.index}"
+    return zlib.crc32(ident.encode())
 
-    """
+
+def choose_backend(requested: str, keys: list[int], nccl_available: bool) -> str:
+    """The data group's backend from every rank's `device_key`: NCCL needs one distinct GPU per rank;
+    `auto` takes it then, and Gloo (with host staging for GPU tensors) otherwise."""
+    distinct_gpus = all(k >= 0 for k in keys) and len(set(keys)) == len(keys)
+    if requested == "auto":
+        return "nccl" if distinct_gpus and nccl_available else "gloo"
+    if requested == "nccl" and not distinct_gpus:
+        raise RuntimeError("comm.backend=nccl needs one distinct GPU per rank; use gloo (host staging)")
+    return requested
+
+
+def init(cfg) -> Topology:
+    """Join the group started by torchrun and work out roles, device and the data group."""
     timeout = timedelta(seconds=float(cfg.comm.timeout_start_s))
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=timeout, **_attempt_store(timeout))
@@ -90,24 +113,15 @@ def init(cfg) -> Topology:
     if role == "server" and int(os.environ.get("LOCAL_RANK", 0)) != 0:
         role = "worker"  # BYZ_ROLE=server marks the node: its local rank 0 serves, the others work
     device = pick_device(str(cfg.device))
-    host = hash(socket.gethostname()) & 0x7FFFFFFF
-    me = torch.tensor([{"server": 1, "worker": 0}.get(role, -1), host,
-                       device.index if device.type == "cuda" else -1], dtype=torch.int64)
-    table = [torch.zeros(3, dtype=torch.int64) for _ in range(world)]
+    me = torch.tensor([{"server": 1, "worker": 0}.get(role, -1), device_key(device)], dtype=torch.int64)
+    table = [torch.zeros(2, dtype=torch.int64) for _ in range(world)]
     dist.all_gather(table, me)
     claims = [r for r in range(world) if int(table[r][0]) == 1]
     if len(claims) > 1:
         raise RuntimeError(f"ranks {claims} all claim BYZ_ROLE=server; exactly one may")
     server = claims[0] if claims else 0
     workers = [r for r in range(world) if r != server]
-
-    backend = str(cfg.comm.backend)
-    gpus = [(int(t[1]), int(t[2])) for t in table]
-    distinct_gpus = all(g >= 0 for _, g in gpus) and len(set(gpus)) == world
-    if backend == "auto":
-        backend = "nccl" if distinct_gpus and dist.is_nccl_available() else "gloo"
-    if backend == "nccl" and not distinct_gpus:
-        raise RuntimeError("comm.backend=nccl needs one distinct GPU per rank; use gloo (host staging)")
+    backend = choose_backend(str(cfg.comm.backend), [int(t[1]) for t in table], dist.is_nccl_available())
     round_timeout = timedelta(seconds=float(cfg.comm.timeout_round_s))
     data_group = dist.new_group(list(range(world)), timeout=round_timeout, backend=backend)
     worker_group = dist.new_group(workers, timeout=round_timeout, backend=backend)

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from launch import bench
 
 
+@pytest.mark.e2e  # starts Gloo groups of 3 processes
 def test_comm_round_moves_rows_on_both_paths():
     for path in ("channel", "wrappers"):
         rt, server_cpu, worker_cpu = bench.comm_round(2, 64, rounds=5, path=path)
