@@ -229,6 +229,8 @@ class HGOServer:
         self.rule = get_aggregator(name, self.q, f, pre=pre, **params)
         self.rpe = max(rounds_per_epoch(cfg, len(ds.y_train)), 1)
         self.total_rounds = int(hg.rounds) if hg.get("rounds") is not None else int(cfg.epochs) * self.rpe
+        # the schedule spans the whole run: hgo.rounds may be more or fewer than `epochs` epochs
+        self.schedule_epochs = max(1, math.ceil(self.total_rounds / self.rpe))
         if cfg.max_rounds is not None:
             self.total_rounds = min(self.total_rounds, int(cfg.max_rounds))
         self.seeds = torch.Generator().manual_seed(int(cfg.seed) * 7919 + 17)
@@ -270,7 +272,7 @@ class HGOServer:
     def _header(self, t: int, seed: int, stop: bool = False) -> float:
         cfg = self.cfg
         epoch = t // self.rpe
-        lr = learning_rate(cfg.schedule.name, float(cfg.lr), epoch, max(int(cfg.epochs), 1),
+        lr = learning_rate(cfg.schedule.name, float(cfg.lr), epoch, self.schedule_epochs,
                            list(cfg.schedule.milestones), float(cfg.schedule.gamma))
         h = self.fm.header
         h.zero_()

@@ -97,6 +97,8 @@ def test_cosine_schedule_matches_paper_a():
     assert learning_rate("cosine", 2.0, 0, 160) == pytest.approx(2.0)
     assert learning_rate("cosine", 2.0, 80, 160) == pytest.approx(1.0)
     assert learning_rate("cosine", 2.0, 159, 160) == pytest.approx(1.0 * (1 + math.cos(math.pi * 159 / 160)))
+    # past the schedule's horizon the rate stays at 0 instead of climbing back up the cosine
+    assert [learning_rate("cosine", 2.0, p, 10) for p in (10, 15, 20)] == [0.0, 0.0, 0.0]
     assert learning_rate("step", 1.0, 10, 20, [5, 10], 0.1) == pytest.approx(0.01)
     assert learning_rate("constant", 0.3, 7, 10) == 0.3
 
