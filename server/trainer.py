@@ -176,10 +176,9 @@ class Server:
         timer.last["communication"] = net
         with timer("aggregation"):
             a, counts = self._aggregate(rows)
-        with timer("update"):
-            if self.wd_server:
-                a = a + self.wd_server * self.fm.params
-            a_norm = apply_update(self.fm.params, a, lr, self.normalize, self.eps)
+        with timer("update"):  # server-side weight decay joins the step, not the rule's output `a`
+            step = a + self.wd_server * self.fm.params if self.wd_server else a
+            a_norm = apply_update(self.fm.params, step, lr, self.normalize, self.eps)
         self.round = t + 1
         row = self._evaluate_if_due()
         if row is None and self.round % self.log_every:
@@ -190,7 +189,7 @@ class Server:
                "round_time": time.perf_counter() - t0,
                **{f"t_{p}": timer.last.get(p, 0.0) for p in ("compute", "communication", "aggregation", "update")},
                **counts, **(row or {})}
-        for obs in self.observers:  # every worker's row, in worker order (excluded rows included)
+        for obs in self.observers:  # every worker's row in worker order (excluded rows included), Agg
             row.update(obs(t, rows[:, :d], a))
         return row
 

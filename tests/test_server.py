@@ -114,6 +114,18 @@ def test_observers_see_every_workers_row_in_worker_order_even_when_rows_are_excl
     assert row["honest_mean_norm"] == pytest.approx(float(honest_mean.norm()), rel=1e-6)
 
 
+def test_server_weight_decay_joins_the_step_but_observers_see_the_rules_output():
+    rows = make_rows()
+    seen = []
+    srv = server_on(rows, rule="mean", f=0, observers=[lambda t, u, a: seen.append(a.clone()) or {}])
+    srv.wd_server = 0.1
+    w0 = srv.fm.params.clone()
+    srv.step()
+    a = rows[:, :8].mean(0)
+    torch.testing.assert_close(seen[0], a)
+    torch.testing.assert_close(srv.fm.params, w0 - 0.5 * (a + 0.1 * w0))
+
+
 def test_metric_rows_only_every_log_every_rounds():
     srv = server_on(make_rows(), rule="mean", f=0)
     srv.log_every = 3
