@@ -5,11 +5,12 @@
 
 Composes the job's hydra config (same overrides as `launch.run`), builds the model at its initial point
 (torch.manual_seed(seed)) and the training set, estimates sigma^2, L and F0 there (common.estimate),
-takes c for the configured aggregation rule (common.estimate.robustness_c, or --c), and prints for
-each delta of a grid (0, 1/8, 1/4, 3/8 and the configured byzantine.count / workers):
-B* (eq. 10) with its best integer, T = C / (B* m (1 - delta)), U(B*) (eq. 11), and ByzSGDnm's B~*
-(Proposition 2) with its bound (eq. 17). The budget is C = epochs x (shard size x m) x (1 - delta),
-shards being the training set split i.i.d. over the m workers. A PNG of U(B) (and of eq. 16's bound)
+takes c for the configured aggregation rule, and prints for each delta of a grid (0, 1/8, 1/4, 3/8 and
+the configured byzantine.count / workers): c of the rule set for f = delta m Byzantine workers
+(common.estimate.robustness_c; one value for every row with --c), B* (eq. 10) with its best integer,
+T = C / (B* m (1 - delta)), U(B*) (eq. 11), and ByzSGDnm's B~* (Proposition 2) with its bound (eq. 17).
+The budget is C = epochs x (shard size x m) x (1 - delta), shards being the training set split i.i.d.
+over the m workers. A PNG of U(B) (and of eq. 16's bound)
 per delta goes to --out.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 DEFAULT_DELTAS = (0.0, 0.125, 0.25, 0.375)
 
@@ -82,23 +83,31 @@ def measure(cfg, samples: int = 256, hvp_batch: int = 512, f_star: float = 0.0, 
     )
 
 
-def advise_rows(sigma2: float, L: float, F0: float, c: float | None, m: int, samples_per_epoch: int,
-                epochs: float, deltas: Sequence[float]) -> list[dict]:
-    """One row per delta: C, B*, best integer B, T, U(B*), B~*, eq. 17 (rows with delta > 0 are
-    skipped when c is None: a non-robust rule has no bound)."""
+def row_faults(delta: float, m: int) -> int:
+    """The Byzantine count a row of fraction delta stands for: round(delta m), at least 1 (c is a
+    property of the rule; at delta = 0 it multiplies 0) and at most (m - 1) // 2."""
+    return min(max(1, round(delta * m)), max(1, (m - 1) // 2))
+
+
+def advise_rows(sigma2: float, L: float, F0: float, c: float | None | Callable[[float], float | None], m: int,
+                samples_per_epoch: int, epochs: float, deltas: Sequence[float]) -> list[dict]:
+    """One row per delta: c, C, B*, best integer B, T, U(B*), B~*, eq. 17. `c` is one value for every
+    row or a function of delta (Definition 1's constant depends on the f the rule is set for); rows
+    with delta > 0 are skipped where c is None: a non-robust rule has no bound."""
     from common import theory
 
     rows = []
     for d in deltas:
-        if c is None and d > 0:
+        c_d = c(d) if callable(c) else c
+        if c_d is None and d > 0:
             continue
-        cc = 1.0 if c is None else c  # c multiplies delta = 0: any positive value
+        cc = 1.0 if c_d is None else c_d  # c multiplies delta = 0: any positive value
         C = epochs * samples_per_epoch * (1.0 - d)
         b = theory.b_star(sigma2, L, F0, cc, d, m, C)
         cand = [k for k in (math.floor(b), math.floor(b) + 1) if k >= 1]
         b_int = min(cand, key=lambda k: theory.U(k, sigma2, L, F0, cc, d, m, C))
         rows.append(dict(
-            delta=d, C=C, b_star=b, b_int=b_int, T=theory.T_of(b_int, m, d, C),
+            delta=d, c=c_d, C=C, b_star=b, b_int=b_int, T=theory.T_of(b_int, m, d, C),
             U_star=theory.U_at_b_star(sigma2, L, F0, cc, d, m, C),
             b_tilde=theory.b_tilde_star(sigma2, L, F0, cc, d, m),
             U_tilde=theory.U_tilde_at_b_tilde_star(sigma2, L, F0, cc, d, m, C),
@@ -117,18 +126,19 @@ def _frac(d: float) -> str:
 def format_table(rows: list[dict], shard: int, batch_cfg: int) -> str:
     """The rows as a fixed-width text table."""
     head = (f"{'delta':>7} {'C':>11} {'B*':>10} {'B int':>6} {'T':>9} {'U(B*)':>11} "
-            f"{'B~*':>10} {'eq.17':>10}")
+            f"{'B~*':>10} {'eq.17':>10} {'c':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         flag = "" if r["b_int"] <= shard else "  (> shard)"
         lines.append(f"{_frac(r['delta']):>7} {r['C']:>11.4g} {r['b_star']:>10.4g} {r['b_int']:>6d} "
-                     f"{r['T']:>9.4g} {r['U_star']:>11.4g} {r['b_tilde']:>10.4g} {r['U_tilde']:>10.4g}{flag}")
+                     f"{r['T']:>9.4g} {r['U_star']:>11.4g} {r['b_tilde']:>10.4g} {r['U_tilde']:>10.4g} "
+                     f"{'n/a' if r['c'] is None else format(r['c'], '.4g'):>8}{flag}")
     lines.append(f"(configured batch_size = {batch_cfg}; shard size = {shard}; B is per worker)")
     return "\n".join(lines)
 
 
-def plot(path: str, sigma2: float, L: float, F0: float, c: float | None, m: int, samples_per_epoch: int,
-         epochs: float, rows: list[dict], batch_cfg: int, shard: int) -> None:
+def plot(path: str, sigma2: float, L: float, F0: float, m: int, rows: list[dict], batch_cfg: int,
+         shard: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,7 +152,7 @@ def plot(path: str, sigma2: float, L: float, F0: float, c: float | None, m: int,
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in rows:
         d, C = r["delta"], r["C"]
-        cc = 1.0 if c is None else c
+        cc = 1.0 if r["c"] is None else r["c"]
         u = [theory.U(b, sigma2, L, F0, cc, d, m, C) for b in grid]
         line, = axes[0].plot(grid, u, label=f"δ = {_frac(d)}")
         if r["b_star"] >= grid[0]:
@@ -160,8 +170,8 @@ def plot(path: str, sigma2: float, L: float, F0: float, c: float | None, m: int,
         ax.set_xlabel("batch size B per worker")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
-    c_txt = "n/a" if c is None else f"{c:.3g}"
-    fig.suptitle(f"σ² = {sigma2:.3g}, L = {L:.3g}, F0 = {F0:.3g}, c = {c_txt}, m = {m}", fontsize=10)
+    c_txt = ", ".join(f"{_frac(r['delta'])}: {r['c']:.3g}" for r in rows if r["c"] is not None) or "n/a"
+    fig.suptitle(f"σ² = {sigma2:.3g}, L = {L:.3g}, F0 = {F0:.3g}, m = {m}, c per δ ({c_txt})", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -193,12 +203,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     rule = str(_cfg_get(cfg, "aggregator.name"))
     if args.c is not None:
         c, c_note = args.c, "given with --c"
+        c_rows = args.c
     else:
         try:
             c, c_note = robustness_c(rule, m, f_decl)
         except ValueError as e:
             print(f"advise: {e}", file=sys.stderr)
             return 2
+
+        def c_rows(delta: float) -> float | None:
+            return robustness_c(rule, m, row_faults(delta, m))[0]
+
+        if c is not None:
+            c_note += "; each row's c is the rule's at f = delta m"
 
     try:
         est = measure(cfg, args.samples, args.hvp_batch, args.f_star, args.seed)
@@ -208,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shard = est["n_train"] // m
     samples_per_epoch = shard * m
     epochs = float(cfg.epochs)
-    rows = advise_rows(est["sigma2"], est["L"], est["F0"], c, m, samples_per_epoch, epochs, deltas)
+    rows = advise_rows(est["sigma2"], est["L"], est["F0"], c_rows, m, samples_per_epoch, epochs, deltas)
 
     pre = list(_cfg_get(cfg, "aggregator.pre", []) or [])
     print(f"config: dataset={cfg.dataset.name} model={cfg.model.name} algorithm={cfg.algorithm.name} "
@@ -233,13 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from common import theory
 
         r, b = here[0], int(cfg.batch_size)
-        u = theory.U(b, est["sigma2"], est["L"], est["F0"], c, r["delta"], m, r["C"])
+        u = theory.U(b, est["sigma2"], est["L"], est["F0"], r["c"], r["delta"], m, r["C"])
         print(f"at the configured delta = {_frac(delta_cfg)}: U({b}) = {u:.4g}, "
               f"{100 * (u / r['U_star'] - 1):.1f}% above U(B*) = {r['U_star']:.4g} at B* = {r['b_star']:.4g}")
     if c is None:
         print("note: rows with delta > 0 are omitted: the mean has no robustness constant (pass --c)")
-    plot(args.out, est["sigma2"], est["L"], est["F0"], c, m, samples_per_epoch, epochs, rows,
-         int(cfg.batch_size), shard)
+    plot(args.out, est["sigma2"], est["L"], est["F0"], m, rows, int(cfg.batch_size), shard)
     print(f"plot: {args.out}")
     return 0
 
