@@ -29,3 +29,39 @@ def summary(run_dir) -> dict:
 def metrics(run_dir) -> list[dict]:
     with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+SUMMARY_KEYS = {
+    "final_test_accuracy": float, "best_test_accuracy": float, "final_test_loss": float, "rounds_completed": int,
+    "epochs_completed": float, "wall_seconds": float, "rounds_per_second": float, "restarts": int,
+    "time_breakdown": dict, "bytes_received": int,
+}
+PHASES = ("compute", "communication", "aggregation", "update", "evaluation")
+
+
+def contract_problems(run_dir) -> list[str]:
+    """What a run directory lacks against the outputs contract (README "Outputs"): config.yaml,
+    summary.json with its keys, types and accuracies in [0, 1], a non-empty metrics.jsonl, and
+    TensorBoard event files under tb/."""
+    problems = [f"missing {name}" for name in ("config.yaml", "summary.json", "metrics.jsonl")
+                if not os.path.isfile(os.path.join(run_dir, name))]
+    events = [f for _, _, files in os.walk(os.path.join(run_dir, "tb")) for f in files
+              if f.startswith("events.out.tfevents")]
+    if not events:
+        problems.append("no TensorBoard event file under tb/")
+    if problems:
+        return problems
+    s = summary(run_dir)
+    for key, kind in SUMMARY_KEYS.items():
+        ok = (int, float) if kind is float else (kind,)
+        if key not in s or isinstance(s[key], bool) or not isinstance(s[key], ok):
+            problems.append(f"summary.json '{key}' is missing or not {kind.__name__}")
+    for key in ("final_test_accuracy", "best_test_accuracy"):
+        if isinstance(s.get(key), (int, float)) and not 0.0 <= s[key] <= 1.0:
+            problems.append(f"summary.json '{key}' = {s[key]} is not a fraction in [0, 1]")
+    missing = [p for p in PHASES if p not in (s.get("time_breakdown") or {})]
+    if missing:
+        problems.append(f"time_breakdown lacks {missing}")
+    if not metrics(run_dir):
+        problems.append("metrics.jsonl is empty")
+    return problems

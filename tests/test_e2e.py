@@ -1,22 +1,11 @@
 """End-to-end runs with real processes (1 server + 8 workers over Gloo). Few and short."""
-import importlib.util
 import os
 
 import pytest
 
-from tests.helpers import launch, metrics, summary
+from tests.helpers import contract_problems, launch, metrics, summary
 
 pytestmark = pytest.mark.e2e
-CHECK_RUN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tools", "check_run.py")
-
-
-def _check_run_contract(run_dir):
-    if not os.path.exists(CHECK_RUN):
-        pytest.skip("the output-contract checker is not beside the repository")
-    spec = importlib.util.spec_from_file_location("check_run", CHECK_RUN)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.check(str(run_dir))
 
 
 def test_no_attack_reaches_90_percent_on_mnist5k_and_writes_every_contract_file(tmp_path):
@@ -43,7 +32,7 @@ def test_no_attack_reaches_90_percent_on_mnist5k_and_writes_every_contract_file(
     series = acc.Scalars("test/accuracy")
     assert [e.step for e in series] == [15 * k for k in range(1, 11)]
     assert series[-1].value == pytest.approx(s["final_test_accuracy"], abs=1e-6)
-    assert _check_run_contract(run) == []  # last: it skips when the checker is not beside the repository
+    assert contract_problems(run) == []
 
 
 def test_bitflip_breaks_mean_but_not_coordinate_median(tmp_path):
