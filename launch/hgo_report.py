@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 
 X_LABELS = {"round": "rounds", "logical_time": "logical time (units)", "time": "wall-clock time (s)"}
 
@@ -34,6 +35,19 @@ def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _check_group(label: str, dirs: list[str]) -> str | None:
+    """One line naming what makes LABEL=DIRS unusable, or None."""
+    if not label or not dirs:
+        return f"{label or '?'}={','.join(dirs)}: expected LABEL=RUN_DIR[,RUN_DIR...]"
+    for d in dirs:
+        for name in ("summary.json", "metrics.jsonl"):
+            if not os.path.isfile(os.path.join(d, name)):
+                return f"{d}: no {name} (not a finished run directory)"
+        if "b_i_mean" not in _summary(d):
+            return f"{d}: not an HGO run (summary.json has no b_i_mean; use launch.report for ByzSGDm runs)"
+    return None
 
 
 def table(groups: dict[str, list[str]]) -> list[str]:
@@ -90,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in a.groups:
         label, _, dirs = item.rpartition("=")
         groups[label] = [d for d in dirs.split(",") if d]
+        problem = _check_group(label, groups[label])
+        if problem:
+            print(f"hgo_report: {problem}", file=sys.stderr)
+            return 2
     plot(groups, a.out, a.x, a.title, a.logx)
     print("\n".join(table(groups)))
     return 0

@@ -194,3 +194,38 @@ def test_rule_parameters_that_differ_from_the_defaults_name_their_own_row():
     wide = Run("b", True, config={**base, "aggregator_params": {"tau": 1.0, "L": 1}})
     assert default.rule == ("cc",) and wide.rule == ("cc(tau=1.0)",)
     assert rule_label(wide.rule) == "CC(tau=1.0)"
+
+
+def _hgo_run(root, name, acc, b_i=3000.0, b_v=2500.0):
+    d = make_run(root, name, alg="hgo", acc=acc, logical=True)
+    with open(os.path.join(d, "summary.json")) as fh:
+        s = json.load(fh)
+    s.update(b_i_mean=b_i, b_v_mean=b_v)
+    with open(os.path.join(d, "summary.json"), "w") as fh:
+        json.dump(s, fh)
+    return d
+
+
+def test_hgo_report_table_and_plot_over_seeds(tmp_path, capsys):
+    from launch import hgo_report
+
+    a = [_hgo_run(tmp_path, f"hgo_s{k}", acc) for k, acc in enumerate((0.8, 0.9))]
+    b = _hgo_run(tmp_path, "sgd_s0", 0.5, b_i=7850.0, b_v=7850.0)
+    out = tmp_path / "fig.png"
+    assert hgo_report.main([str(out), f"HGO={','.join(a)}", f"SGD={b}", "--x", "logical_time"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert out.stat().st_size > 1000
+    assert lines[2] == "| HGO | 2 | 0.850 ± 0.071 | 0.850 ± 0.071 | 3000 | 2500 | 12 | 100.0 |"
+    assert lines[3] == "| SGD | 1 | 0.500 | 0.500 | 7850 | 7850 | 12 | 100.0 |"
+
+
+def test_hgo_report_rejects_missing_and_non_hgo_runs_with_one_line(tmp_path, capsys):
+    from launch import hgo_report
+
+    plain = make_run(tmp_path, "byz", acc=0.9)
+    for group, expect in ((f"A={plain}", "not an HGO run"), (f"A={tmp_path / 'none'}", "no summary.json"),
+                          ("nolabel", "expected LABEL=RUN_DIR")):
+        assert hgo_report.main([str(tmp_path / "x.png"), group]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expect in err[0], err
+    assert not (tmp_path / "x.png").exists()
