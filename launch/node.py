@@ -116,7 +116,7 @@ def compose(overrides: list[str]) -> DictConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launch.validate import validate
+    from launch.validate import check_resume_config, validate
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if not cfg.run.dir:
             raise ConfigError("run.dir must be set for launch.node (every rank needs the same run directory)")
         check_run_dir(str(cfg.run.dir))
+        check_resume_config(cfg, str(cfg.run.dir))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

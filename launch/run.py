@@ -27,7 +27,7 @@ log = logging.getLogger("byz")
 
 def prepare(cfg: DictConfig, default_dir: str | None = None) -> str:
     """Validate, pick the run directory and the rendezvous port, save config.yaml; return the run dir."""
-    from launch.validate import validate
+    from launch.validate import check_resume_config, validate
 
     validate(cfg)
     run_dir = str(cfg.run.dir or default_dir or os.path.join("runs", time.strftime("%Y-%m-%d_%H-%M-%S")))
@@ -36,6 +36,7 @@ def prepare(cfg: DictConfig, default_dir: str | None = None) -> str:
     if port and port_in_use(str(cfg.comm.master_addr), port):
         raise ConfigError(f"comm.master_port={port} is already in use on {cfg.comm.master_addr}")
     cfg.run.dir = os.path.abspath(run_dir)
+    check_resume_config(cfg, run_dir)
     OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
     return cfg.run.dir
 

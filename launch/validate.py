@@ -2,6 +2,8 @@
 that need the role packages: rule preconditions on (n, f), attack names, dataset availability."""
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.config import ConfigError, byzantine_ranks, check_fields
@@ -173,3 +175,38 @@ def validate_hgo(cfg: DictConfig) -> None:
         raise ConfigError(f"{e} (HGO: n = hgo.q = {q})") from None
     with open_dict(cfg):
         cfg.hgo.q, cfg.hgo.v = q, v
+
+
+#: top-level keys a resumed run may change: length, logging, checkpoints, transport, drills, speed options
+RESUMABLE_CHANGES = ("epochs", "max_rounds", "eval_every", "log", "checkpoint", "comm", "run", "fault", "device",
+                     "perf")
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def check_resume_config(cfg: DictConfig, run_dir: str) -> None:
+    """A run directory with a consistent checkpoint resumes only with the configuration it was started
+    with (apart from RESUMABLE_CHANGES): another model, rule, attack or seed would load state that does
+    not belong to it. Raises ConfigError naming the first differing field; writes nothing."""
+    from common import checkpoint
+
+    saved = os.path.join(run_dir, "config.yaml")
+    rnd = checkpoint.latest_round(run_dir)
+    if rnd is None or not os.path.isfile(saved):
+        return
+    old = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    diff = sorted(k for k in old.keys() | new.keys()
+                  if k.split(".")[0] not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if diff:
+        k = diff[0]
+        more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+        raise ConfigError(f"run.dir={run_dir} holds a run checkpointed at round {rnd} with {k}={old.get(k)!r}, "
+                          f"not {new.get(k)!r}{more}: resume with its settings or choose a new run.dir")

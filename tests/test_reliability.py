@@ -115,3 +115,25 @@ def test_huge_rows_never_reach_the_parameters_even_with_mean_and_zero_rows_are_c
     launch(tmp_path / "zero", "aggregator=cm", "attack=zero", "max_rounds=10")
     s = summary(tmp_path / "zero")
     assert s["inputs"]["rows_zero"] == 30 and s["inputs"]["excluded_huge"] == 0
+
+
+def test_resuming_a_checkpointed_run_with_another_configuration_is_refused(tmp_path):
+    import json
+
+    from common.config import ConfigError
+    from launch.node import compose
+    from launch.run import prepare
+
+    run = tmp_path / "run"
+    first = prepare(compose(["aggregator=cm", "max_rounds=20", f"run.dir={run}"]))
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "manifest.json").write_text(json.dumps({"complete": [10]}))
+    saved = (run / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"checkpointed at round 10 with aggregator.name='cm', not 'krum'"):
+        prepare(compose(["aggregator=krum", "max_rounds=20", f"run.dir={run}"]))
+    with pytest.raises(ConfigError, match=r"seed=0, not 3"):
+        prepare(compose(["aggregator=cm", "seed=3", f"run.dir={run}"]))
+    assert (run / "config.yaml").read_text() == saved  # a refused resume writes nothing
+    # a longer run, other logging or checkpoint cadence: the same training, resumed
+    again = prepare(compose(["aggregator=cm", "max_rounds=40", "checkpoint.every=5", "log.every=2", f"run.dir={run}"]))
+    assert again == first
