@@ -24,6 +24,7 @@ import datetime
 import os
 import re
 import sys
+import textwrap
 import time
 
 import torch
@@ -38,7 +39,7 @@ TITLE = "## Aggregation rules"
 RULES = ["mean", "cm", "tm", "meamed", "phocas", "krum", "multikrum", "gm", "cc", "bulyan", "aksel"]
 PRES = ["nnm", "bucketing", "clip", "arc"]
 KERNELS = ["gram", "sort"]
-#: targets from the issue: ratio to mean
+#: targets (docs/PERFORMANCE.md, "The targets"): time per call as a multiple of mean's
 TARGETS = {"cm": 8, "tm": 8, "meamed": 8, "gm": 10, "cc": 10}
 
 
@@ -53,7 +54,7 @@ NOTES = """How the rules spend their time, and why some miss their targets:
   the 8x target holds for small n only. torch.sort along dim 0 is about 10x slower than the networks
   (n = 8 to 64). meamed and phocas add a window search around the centre (one more pass in cache).
 - The chunked loops run single-threaded on CPU (server/aggregators/threads.py): OpenMP teams stall
-  when another process holds a core, which cost 20-70x on this shared machine. The table above was
+  when another process holds a core, which cost 20-70x on the shared 2-core machine. The table above was
   taken with one thread for everything and the CPU-time clock, so that it measures the kernels and
   not the other jobs; with two idle cores the single large ops (mean, weighted sums) run about twice
   as fast, which raises every ratio.
@@ -223,10 +224,10 @@ def main(argv: list[str] | None = None) -> str:
     for name, cells in ratios.items():
         missed = [c for c in cells if c[0] > TARGETS[name]]
         worst = max(cells)
-        verdicts.append(f"- {name} (target {TARGETS[name]}x): {'met' if not missed else 'missed'} in "
-                        f"{len(cells) - len(missed) if not missed else len(missed)} of {len(cells)} cells"
-                        f"{'' if not missed else ' (' + ', '.join(c[1] for c in missed) + ')'}, "
-                        f"worst {worst[0]:.1f}x")
+        line = (f"- {name} (target {TARGETS[name]}x): {'met' if not missed else 'missed'} in "
+                f"{len(cells) - len(missed) if not missed else len(missed)} of {len(cells)} cells"
+                f"{'' if not missed else ' (' + ', '.join(c[1] for c in missed) + ')'}, worst {worst[0]:.1f}x")
+        verdicts.append(textwrap.fill(line, width=105, subsequent_indent="  ", break_on_hyphens=False))
     body = (f"Command: `{cmd}`  \nMachine: {machine()}  \nDate: {datetime.date.today().isoformat()}, "
             f"{time.time() - start:.0f} s, load average {load:.1f} at the start\n" + "\n".join(tables)
             + "\n\nTargets, as ratios to mean (misses are marked **!** in the tables; krum, multikrum and nnm "

@@ -23,6 +23,8 @@ from common.config import ConfigError, check_run_dir
 from common.dist import free_port, port_in_use
 
 log = logging.getLogger("byz")
+#: absolute, so that hydra finds the tree from `python -m launch.run` and from the `byz-run` script alike
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
 def prepare(cfg: DictConfig, default_dir: str | None = None) -> str:
@@ -74,7 +76,7 @@ def failure_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base=None)
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
 def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
     try:

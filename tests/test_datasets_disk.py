@@ -1,5 +1,4 @@
 """The torchvision loaders (full MNIST, CIFAR-10) read small files the tests write in their formats."""
-import os
 import pickle
 import struct
 

@@ -137,3 +137,14 @@ def test_resuming_a_checkpointed_run_with_another_configuration_is_refused(tmp_p
     # a longer run, other logging or checkpoint cadence: the same training, resumed
     again = prepare(compose(["aggregator=cm", "max_rounds=40", "checkpoint.every=5", "log.every=2", f"run.dir={run}"]))
     assert again == first
+
+
+def test_console_script_finds_the_config_tree_from_any_directory(tmp_path):
+    import os
+
+    script = os.path.join(os.path.dirname(sys.executable), "byz-run")
+    ok = subprocess.run([script, "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "aggregator:" in ok.stdout, ok.stderr[-500:]
+    bad = subprocess.run([script, "aggregator=nope"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert "aggregator='nope' is unknown" in bad.stderr

@@ -1,8 +1,9 @@
 """Malformed values: vectors of u's shape filled with one constant (ByzFL `Inf`; DESIGN.md "Reliability").
 
-They test the server's defences rather than a rule's robustness: non-finite rows (`nan`, `inf`) must
-be excluded and counted before aggregation, absurd ones (`large`) bounded by the rule, and `zero`
-is the "do nothing" worker (a silent slot that still answers).
+They test the server's defences rather than a rule's robustness: non-finite rows (`nan`, `inf`) and
+absurd ones (`large`, beyond `filter.max_abs`) must be excluded and counted before aggregation (with
+`filter.max_abs=null`, `large` reaches the rule and tests it), and `zero` is the "do nothing" worker
+(a silent slot that still answers).
 """
 from __future__ import annotations
 
