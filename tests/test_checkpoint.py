@@ -1,0 +1,97 @@
+"""Checkpoints and the metrics log on their own: atomic writes, the manifest of consistent rounds,
+pruning, resume, and the metrics log's truncation on resume."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from common import checkpoint
+from common.metrics import MetricsLogger, write_summary
+
+
+def _save_round(run, rnd, names=("server", "worker_1", "worker_2")):
+    for name in names:
+        checkpoint.save_rank(str(run), rnd, name, {"round": rnd, "name": name, "t": torch.full((3,), float(rnd))})
+
+
+def test_a_round_is_consistent_only_when_every_rank_wrote_it(tmp_path):
+    names = ["server", "worker_1", "worker_2"]
+    _save_round(tmp_path, 10)
+    checkpoint.mark_complete(str(tmp_path), 10, names)
+    _save_round(tmp_path, 20, names=("server", "worker_1"))  # worker 2 died before writing round 20
+    with pytest.raises(RuntimeError, match=r"round 20 is missing \['worker_2'\]"):
+        checkpoint.mark_complete(str(tmp_path), 20, names)
+    assert checkpoint.latest_round(str(tmp_path)) == 10
+    got = []
+    assert checkpoint.resume(str(tmp_path), "worker_2", got.append) == 10
+    assert got[0]["round"] == 10 and torch.equal(got[0]["t"], torch.full((3,), 10.0))
+
+
+def test_only_the_latest_keep_rounds_stay_on_disk(tmp_path):
+    names = ["server", "worker_1", "worker_2"]
+    for rnd in (10, 20, 30, 40):
+        _save_round(tmp_path, rnd)
+        checkpoint.mark_complete(str(tmp_path), rnd, names, keep=2)
+    man = checkpoint.read_manifest(str(tmp_path))
+    assert man["complete"] == [30, 40] and man["ranks"] == names
+    assert sorted(os.listdir(checkpoint.ckpt_root(str(tmp_path)))) == ["manifest.json", "round_00000030",
+                                                                       "round_00000040"]
+
+
+def test_no_manifest_or_an_unreadable_one_means_a_fresh_start(tmp_path):
+    assert checkpoint.latest_round(str(tmp_path)) is None
+    assert checkpoint.resume(str(tmp_path), "server", lambda s: pytest.fail("nothing to load")) is None
+    os.makedirs(checkpoint.ckpt_root(str(tmp_path)))
+    with open(os.path.join(checkpoint.ckpt_root(str(tmp_path)), "manifest.json"), "w") as fh:
+        fh.write('{"complete": [1')  # torn
+    assert checkpoint.latest_round(str(tmp_path)) is None
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
+    checkpoint.save_rank(str(tmp_path), 5, "server", {"v": 1})
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        checkpoint.save_rank(str(tmp_path), 5, "server", {"v": Unpicklable()})
+    folder = os.path.join(checkpoint.ckpt_root(str(tmp_path)), "round_00000005")
+    assert os.listdir(folder) == ["server.pt"]
+    assert checkpoint.load_rank(str(tmp_path), 5, "server") == {"v": 1}
+
+
+def test_metrics_log_on_resume_drops_later_rows_and_a_torn_line(tmp_path):
+    log = MetricsLogger(str(tmp_path), tensorboard=False)
+    for r in (10, 20, 30):
+        log.log({"round": r, "lr": 0.1, "loss": float("nan")})
+    log.close()
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"round": 40, "lr"')  # the crash cut this line
+    log = MetricsLogger(str(tmp_path), start_round=20, tensorboard=False)
+    log.log({"round": 30, "lr": 0.05, "loss": 1.5})
+    log.close()
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [(r["round"], r["lr"]) for r in rows] == [(10, 0.1), (20, 0.1), (30, 0.05)]
+    assert rows[0]["loss"] is None  # NaN is written as null: the file stays valid JSON lines
+
+
+def test_tensorboard_gets_numeric_fields_under_their_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = MetricsLogger(str(tmp_path), tensorboard=True)
+    log.log({"round": 3, "test_accuracy": 0.5, "lr": 0.1, "note": "text", "flag": True}, {"test_accuracy": "test/acc"})
+    log.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert sorted(acc.Tags()["scalars"]) == ["lr", "test/acc"]
+    assert [(e.step, e.value) for e in acc.Scalars("test/acc")] == [(3, 0.5)]
+
+
+def test_summary_merges_nested_sections(tmp_path):
+    s = write_summary(str(tmp_path), {"a": 1, "config": {"x": 1}}, {"config": {"y": 2}, "b": math.pi})
+    assert s == {"a": 1, "config": {"x": 1, "y": 2}, "b": math.pi}
+    assert json.load(open(tmp_path / "summary.json")) == s
+    assert not os.path.exists(tmp_path / "summary.json.tmp")
