@@ -5,8 +5,9 @@ Cross-field checks that need the role packages (rule preconditions, attack names
 """
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .data import DATASETS, smallest_shard
@@ -15,6 +16,10 @@ from .schedule import SCHEDULES
 
 ALGORITHMS = ("byzsgdm", "byzsgdnm", "hgo", "sgd")
 TRAIN_SIZES = {"mnist5k": 4000, "digits": 1437, "mnist": 60000, "cifar10": 50000}
+NUM_CLASSES = {"mnist5k": 10, "digits": 10, "mnist": 10, "cifar10": 10}
+INPUT_SHAPES = {"mnist5k": (1, 28, 28), "digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+FAULTS = ("none", "kill", "stop", "raise")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class ConfigError(ValueError):
@@ -43,16 +48,41 @@ def _int(cfg, path, lo=None, hi=None, optional=False):
     return v
 
 
-def _num(cfg, path, lo=None, hi=None, lo_open=False, hi_open=False, optional=False):
+def _num(cfg, path, lo=None, hi=None, lo_open=False, hi_open=False, optional=False, allow_inf=False):
     v = _get(cfg, path)
     if v is None and optional:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ConfigError(f"{path}={v!r} must be a number")
+    if math.isnan(v) or (math.isinf(v) and not allow_inf):
+        raise ConfigError(f"{path}={v} must be a finite number")
     if lo is not None and (v <= lo if lo_open else v < lo):
         raise ConfigError(f"{path}={v} must be {'>' if lo_open else '>='} {lo}")
     if hi is not None and (v >= hi if hi_open else v > hi):
         raise ConfigError(f"{path}={v} must be {'<' if hi_open else '<='} {hi}")
+    return v
+
+
+def _bool(cfg, path):
+    v = _get(cfg, path)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{path}={v!r} must be true or false")
+    return v
+
+
+def _int_list(cfg, path, lo=None, hi=None, increasing=False):
+    """A list of integers in [lo, hi] (strictly increasing if asked)."""
+    v = _get(cfg, path)
+    if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
+        raise ConfigError(f"{path}={v!r} must be a list of integers, e.g. {path}=[1,2] (quoted in the shell)")
+    v = list(v)
+    limit = " ".join(x for x in (f">= {lo}" if lo is not None else "", f"<= {hi}" if hi is not None else "") if x)
+    for x in v:
+        if isinstance(x, bool) or not isinstance(x, int) or (lo is not None and x < lo) \
+                or (hi is not None and x > hi):
+            raise ConfigError(f"{path}={v} must hold integers{' ' + limit if limit else ''}")
+    if increasing and any(b <= a for a, b in zip(v, v[1:])):
+        raise ConfigError(f"{path}={v} must be strictly increasing")
     return v
 
 
@@ -91,11 +121,12 @@ def check_fields(cfg: Mapping) -> None:
     count = _int(cfg, "byzantine.count", 0)
     if count >= m:
         raise ConfigError(f"byzantine.count={count} must be < workers={m} (at least one honest worker)")
-    ranks = _get(cfg, "byzantine.ranks")
-    if ranks is not None:
-        ranks = list(ranks)
-        if any(isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= m for r in ranks):
-            raise ConfigError(f"byzantine.ranks={ranks} must be worker indices in [1, {m}]")
+    if _get(cfg, "byzantine.ranks") is not None:
+        try:
+            ranks = _int_list(cfg, "byzantine.ranks", 1, m)
+        except ConfigError:
+            raise ConfigError(f"byzantine.ranks={_get(cfg, 'byzantine.ranks')!r} must be a list of worker "
+                              f"indices in [1, {m}], e.g. 'byzantine.ranks=[2,5]'") from None
         if len(set(ranks)) != len(ranks) or len(ranks) >= m:
             raise ConfigError(f"byzantine.ranks={ranks} must be distinct and fewer than workers={m}")
     _choice(cfg, "byzantine.placement", ("last", "random"))
@@ -103,8 +134,16 @@ def check_fields(cfg: Mapping) -> None:
     _choice(cfg, "dataset.name", DATASETS)
     _choice(cfg, "dataset.partition", ("iid", "dirichlet", "shards"))
     _num(cfg, "dataset.alpha", 0, lo_open=True)
-    _int(cfg, "dataset.classes_per_worker", 1)
+    classes = _int(cfg, "dataset.num_classes", 2) if _get(cfg, "dataset.name") == "synthetic" \
+        else NUM_CLASSES[_get(cfg, "dataset.name")]
+    _int(cfg, "dataset.classes_per_worker", 1, classes)
+    for key in ("dataset.augment", "dataset.download"):
+        if _get(cfg, key) is not None:
+            _bool(cfg, key)
     _choice(cfg, "model.name", MODELS)
+    if _get(cfg, "model.hidden") is not None:
+        if not _int_list(cfg, "model.hidden", 1):
+            raise ConfigError("model.hidden=[] must name at least one hidden width")
     b = _int(cfg, "batch_size", 1)
     _int(cfg, "epochs", 1)
     _int(cfg, "max_rounds", 1, optional=True)
@@ -114,10 +153,15 @@ def check_fields(cfg: Mapping) -> None:
     _choice(cfg, "weight_decay_placement", ("worker", "server", "none"))
     _choice(cfg, "schedule.name", SCHEDULES)
     _num(cfg, "schedule.gamma", 0, lo_open=True)
+    if _get(cfg, "schedule.milestones") is not None:
+        _int_list(cfg, "schedule.milestones", 1, increasing=True)
     _int(cfg, "seed", 0)
     _choice(cfg, "device", ("cpu", "cuda", "auto"))
     _int(cfg, "eval_every", 1)
     _choice(cfg, "comm.backend", ("auto", "gloo", "nccl"))
+    addr = _get(cfg, "comm.master_addr")
+    if not isinstance(addr, str) or not addr.strip():
+        raise ConfigError(f"comm.master_addr={addr!r} must be a host name or an IP address")
     _int(cfg, "comm.master_port", 0, 65535)
     _num(cfg, "comm.timeout_start_s", 1)
     _num(cfg, "comm.timeout_round_s", 1)
@@ -125,13 +169,22 @@ def check_fields(cfg: Mapping) -> None:
     _int(cfg, "checkpoint.every", 0)
     _int(cfg, "checkpoint.keep", 1)
     _int(cfg, "log.every", 1)
-    _num(cfg, "filter.max_abs", 0, lo_open=True, optional=True)
+    for key in ("log.tensorboard", "log.progress", "log.oracle"):
+        _bool(cfg, key)
+    level = _get(cfg, "log.level")
+    if not isinstance(level, str) or level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"log.level={level!r} is unknown; choose one of {list(LOG_LEVELS)}")
+    _num(cfg, "filter.max_abs", 0, lo_open=True, optional=True, allow_inf=True)
+    _choice(cfg, "fault.kind", FAULTS)
+    _int(cfg, "fault.rank", 0, m)
+    _int(cfg, "fault.round", 0)
     if _get(cfg, "perf") is not None:
         _choice(cfg, "perf.autocast", ("none", "bf16"))
+        _bool(cfg, "perf.channels_last")
     if _get(cfg, "dataset.name") == "synthetic":
         _int(cfg, "dataset.n_train", 1)
         _int(cfg, "dataset.n_test", 1)
-        _int(cfg, "dataset.num_classes", 2)
+        _int_list(cfg, "dataset.shape", 1)
     if _get(cfg, "algorithm.name") in ("byzsgdm", "byzsgdnm"):
         kind = _get(cfg, "dataset.partition")
         shard = smallest_shard(kind, train_size(cfg), m, int(_get(cfg, "seed", 0)),

@@ -116,10 +116,11 @@ def _torchvision(name: str, root: str | None, download: bool) -> Dataset:
     try:
         train = cls(root, train=True, download=download)
         test = cls(root, train=False, download=download)
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:
+        hint = ("the download failed too (dataset.download=true): put the files there" if download
+                else "put it there or set dataset.download=true where the network allows")
         raise DatasetUnavailable(
-            f"dataset '{name}' not found under dataset.root={root!r} ({str(e).splitlines()[0]}); "
-            f"put it there or set dataset.download=true where the network allows"
+            f"dataset '{name}' not found under dataset.root={root!r} ({str(e).splitlines()[0]}); {hint}"
         ) from None
     out = []
     for part in (train, test):

@@ -178,15 +178,46 @@ def plot(path: str, sigma2: float, L: float, F0: float, m: int, rows: list[dict]
     plt.close(fig)
 
 
+def _check_args(args) -> str | None:
+    """One line naming the first bad command-line option, or None."""
+    if args.c is not None and not (math.isfinite(args.c) and args.c > 0):
+        return f"--c={args.c} must be a finite number > 0"
+    if args.samples < 2:
+        return f"--samples={args.samples} must be >= 2 (a variance needs two samples)"
+    if args.hvp_batch < 1:
+        return f"--hvp-batch={args.hvp_batch} must be >= 1"
+    if not math.isfinite(args.f_star):
+        return f"--f-star={args.f_star} must be a finite number"
+    folder = os.path.dirname(os.path.abspath(args.out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        return f"--out={args.out!r}: cannot create {folder!r} ({e.strerror})"
+    if not os.access(folder, os.W_OK) or os.path.isdir(args.out):
+        return f"--out={args.out!r} is not a writable file path"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     try:
         cfg = compose_config(args.overrides)
     except Exception as e:  # hydra's errors (unknown group member, bad override) as one line
-        print(f"advise: config error: {str(e).splitlines()[0]}", file=sys.stderr)
+        from launch.run import composition_error
+
+        print(f"advise: config error: {composition_error(e)}", file=sys.stderr)
         return 2
-    from common.config import byzantine_ranks
+    from common.config import ConfigError, byzantine_ranks, check_fields
     from common.estimate import robustness_c
+
+    problem = _check_args(args)
+    try:
+        check_fields(cfg)  # the run's own field checks: workers, batch_size, epochs, byzantine.*
+    except ConfigError as e:
+        problem = problem or str(e)
+    if problem:
+        print(f"advise: {problem}", file=sys.stderr)
+        return 2
 
     m = int(cfg.workers)
     f_cfg = len(byzantine_ranks(cfg))
@@ -196,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         deltas = ([float(eval_frac(s)) for s in args.deltas.split(",")] if args.deltas
                   else list(DEFAULT_DELTAS))
-    except ValueError:
+    except (ValueError, ZeroDivisionError):
         print(f"advise: --deltas={args.deltas!r} must be comma-separated numbers", file=sys.stderr)
         return 2
     deltas = sorted({round(d, 12) for d in [*deltas, delta_cfg] if 0.0 <= d < 0.5})

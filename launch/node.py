@@ -55,7 +55,7 @@ def run_summary_config(cfg: DictConfig) -> dict:
 
 
 def _setup_logging(is_server: bool, level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level if is_server else "WARNING", logging.INFO),
+    logging.basicConfig(level=getattr(logging, level.upper() if is_server else "WARNING", logging.INFO),
                         format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S", force=True)
 
 
@@ -116,14 +116,21 @@ def compose(overrides: list[str]) -> DictConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from launch.validate import check_resume_config, validate
+    from launch.validate import check_device, check_resume_config, validate
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = compose(overrides)
+    except Exception as e:  # noqa: BLE001 - hydra raises several exception types for user errors
+        from launch.run import composition_error
+
+        print(f"error: {composition_error(e)}", file=sys.stderr)
+        return 2
+    try:
         validate(cfg)
         if not cfg.run.dir:
             raise ConfigError("run.dir must be set for launch.node (every rank needs the same run directory)")
+        check_device(cfg)
         check_run_dir(str(cfg.run.dir))
         check_resume_config(cfg, str(cfg.run.dir))
     except ConfigError as e:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import time
 import uuid
@@ -29,14 +30,19 @@ CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 def prepare(cfg: DictConfig, default_dir: str | None = None) -> str:
     """Validate, pick the run directory and the rendezvous port, save config.yaml; return the run dir."""
-    from launch.validate import check_resume_config, validate
+    from launch.validate import check_device, check_resume_config, validate
 
     validate(cfg)
+    check_device(cfg, local_ranks=int(cfg.workers) + 1)
     run_dir = str(cfg.run.dir or default_dir or os.path.join("runs", time.strftime("%Y-%m-%d_%H-%M-%S")))
+    addr, port = str(cfg.comm.master_addr), int(cfg.comm.master_port)
+    try:
+        socket.getaddrinfo(addr, None)
+    except OSError as e:
+        raise ConfigError(f"comm.master_addr={addr!r} does not resolve ({e.strerror or e})") from None
+    if port and port_in_use(addr, port):
+        raise ConfigError(f"comm.master_port={port} is already in use on {addr}")
     check_run_dir(run_dir)
-    port = int(cfg.comm.master_port)
-    if port and port_in_use(str(cfg.comm.master_addr), port):
-        raise ConfigError(f"comm.master_port={port} is already in use on {cfg.comm.master_addr}")
     cfg.run.dir = os.path.abspath(run_dir)
     check_resume_config(cfg, run_dir)
     OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
@@ -84,16 +90,21 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         if multirun:
+            FAILED_JOBS.append(str(HydraConfig.get().job.num))
             return None
         sys.exit(2)
+    failed = os.path.join(run_dir, "FAILED")
+    if os.path.exists(failed):  # an earlier attempt's verdict; this attempt writes its own
+        os.remove(failed)
     try:
         launch_group(cfg, run_dir)
     except Exception as e:  # noqa: BLE001 - a failed job is reported in one line; a sweep goes on
         line = failure_line(e)
         print(f"error: run failed after {cfg.run.max_restarts} restart(s): {line}", file=sys.stderr)
-        with open(os.path.join(run_dir, "FAILED"), "w") as fh:
+        with open(failed, "w") as fh:
             fh.write(line + "\n")
         if multirun:
+            FAILED_JOBS.append(str(HydraConfig.get().job.num))
             return None
         sys.exit(1)
     with open(os.path.join(run_dir, "summary.json")) as fh:
@@ -115,25 +126,74 @@ def composition_error(e: Exception) -> str:
     if found:
         options = [ln for ln in lines[1:] if not ln.startswith("Available options")]
         return f"{found[1]}={found[2]!r} is unknown; choose one of [{', '.join(options)}]"
+    group = re.match(r"Config group override must be a string or a list\. Got (float|int|bool)", lines[0]) \
+        if lines else None
+    if group:  # attack=nan, attack=inf: hydra parsed the option's name as a number
+        return ("a config group option was read as a number: quote it, e.g. attack='nan' "
+                "(in the shell: \"attack='nan'\")")
     key = re.match(r"Could not override '([^']+)'", lines[0]) if lines else None
     if key:
         return f"{key[1]} is not a configuration field (see conf/config.yaml; new keys need +{key[1]}=...)"
     return "; ".join(lines[:2]) or type(e).__name__
 
 
+def _split_top(value: str) -> list[str]:
+    """Split a sweep value on the commas that are not inside brackets, braces or quotes."""
+    parts, depth, quote, cur = [], 0, "", ""
+    for ch in value:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return [*parts, cur]
+
+
+def _probe_jobs(args: list[str]) -> list[list[str]]:
+    """Override lists that together use every value of a sweep once: the first job (key=a,b -> key=a),
+    then that job with each further value of one key swapped in (a typo in any value shows up)."""
+    split = [(a.partition("=")[0], _split_top(a.partition("=")[2]) if "=" in a else None) for a in args]
+    first = [f"{k}={v[0]}" if v is not None else k for k, v in split]
+    jobs = [first]
+    for i, (key, values) in enumerate(split):
+        for value in (values or [])[1:]:
+            jobs.append([*first[:i], f"{key}={value}", *first[i + 1:]])
+    return jobs
+
+
+#: sweep jobs refused by validation or failed; a sweep with any exits non-zero
+FAILED_JOBS: list[str] = []
+
+
 def cli(argv: list[str] | None = None) -> None:
-    """Check that plain overrides compose (one-line errors), then hand over to hydra's main."""
+    """Check that the overrides compose (one-line errors; for a sweep, those of its first job), then hand
+    over to hydra's main. A sweep exits 1 when any of its jobs was refused or failed."""
     args = list(sys.argv[1:] if argv is None else argv)
-    plain = [a for a in args if not a.startswith("hydra.")]
-    if not any(a.startswith("-") for a in args) and not any("," in a for a in plain):
+    flags = [a for a in args if a.startswith("-")]
+    sweep = any(a in ("-m", "--multirun") for a in args)
+    if not flags or flags == [a for a in args if a in ("-m", "--multirun")]:
         from launch.node import compose
 
+        plain = [a for a in args if not a.startswith("-") and not a.startswith("hydra.")]
         try:
-            compose(plain)
+            for job in _probe_jobs(plain) if sweep else [plain]:
+                compose(job)
         except Exception as e:  # noqa: BLE001 - hydra raises several exception types for user errors
             print(f"error: {composition_error(e)}", file=sys.stderr)
             sys.exit(2)
     main()
+    if FAILED_JOBS:
+        print(f"error: {len(FAILED_JOBS)} job(s) of the sweep were refused or failed: {', '.join(FAILED_JOBS)}",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 that need the role packages: rule preconditions on (n, f), attack names, dataset availability."""
 from __future__ import annotations
 
+import inspect
+import logging
+import math
 import os
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.config import ConfigError, byzantine_ranks, check_fields
 from common.data import DatasetUnavailable, load_dataset
-from server.aggregators import get_aggregator
-from worker.attacks import get_attack
+from server.aggregators import AGGREGATORS, PRE_AGGREGATORS, get_aggregator
+from worker.attacks import ATTACKS, get_attack
 
 
 def resolve(cfg: DictConfig) -> None:
@@ -20,11 +23,95 @@ def resolve(cfg: DictConfig) -> None:
             cfg.aggregator.f = len(byzantine_ranks(cfg))
 
 
+def check_params(section: str, cls: type, params: dict) -> None:
+    """Each given parameter has the type of its default in `cls`'s constructor (numbers finite unless the
+    default is inf): `aggregator.tau=abc` is named here instead of failing inside float()."""
+    for key, value in params.items():
+        # the first constructor along the class hierarchy that names the parameter (base: lie_length)
+        p = next((sig[key] for c in cls.__mro__ if "__init__" in vars(c)
+                  for sig in [inspect.signature(c.__init__).parameters] if key in sig), None)
+        if p is None or p.default is inspect.Parameter.empty:
+            continue
+        default, field = p.default, f"{section}.{key}"
+        if default is None:  # optional: the annotation says what a given value must be
+            if value is None:
+                continue
+            note = str(p.annotation)
+            default = {"bool": False, "int": 0, "float": 0.0}.get(note.split(" |")[0].strip())
+            if default is None:
+                continue
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value) \
+                and (math.isfinite(value) or math.isinf(default))
+            if isinstance(default, int) and ok:
+                ok = float(value).is_integer()
+            kind = "an integer" if isinstance(default, int) else "a finite number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, (str, int, float)) and not isinstance(value, bool), "a string"
+        elif isinstance(default, (list, tuple)):
+            ok, kind = isinstance(value, (list, tuple)), "a list"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{field}={value!r} must be {kind}")
+
+
+def _rule_params(agg: dict) -> None:
+    """Types of the rule's parameters and of each pre-aggregator's (`aggregator.pre[i].key`)."""
+    name, pre = agg.get("name"), agg.get("pre") or []
+    if isinstance(pre, (str, bytes)) or not isinstance(pre, (list, tuple)):
+        raise ConfigError(f"aggregator.pre={pre!r} must be a list, e.g. 'aggregator.pre=[nnm]' (quoted in the shell)")
+    if name in AGGREGATORS:
+        check_params("aggregator", AGGREGATORS[name].cls,
+                     {k: v for k, v in agg.items() if k not in ("name", "f", "pre")})
+    for i, item in enumerate(pre):
+        if isinstance(item, dict) and item.get("name") in PRE_AGGREGATORS:
+            check_params(f"aggregator.pre[{i}]", PRE_AGGREGATORS[item["name"]].cls,
+                         {k: v for k, v in item.items() if k != "name"})
+
+
+def check_device(cfg: DictConfig, local_ranks: int = 1) -> None:
+    """On the machine that starts the ranks: device=cuda needs a visible GPU, comm.backend=nccl GPUs,
+    one for each of the `local_ranks` ranks started here. (Not part of `validate`: a GPU preset
+    validates anywhere, and is checked where it runs.)"""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if cfg.device == "cuda" and not gpu:
+        raise ConfigError("device=cuda but torch sees no CUDA device on this machine; use device=cpu or auto")
+    if cfg.comm.backend == "nccl" and (cfg.device == "cpu" or not gpu):
+        raise ConfigError("comm.backend=nccl needs device=cuda and one GPU per rank; use comm.backend=gloo or auto")
+    if cfg.comm.backend == "nccl" and torch.cuda.device_count() < local_ranks:
+        raise ConfigError(f"comm.backend=nccl needs one GPU per rank: {local_ranks} ranks here, "
+                          f"{torch.cuda.device_count()} GPU(s); use comm.backend=gloo or auto")
+
+
+def check_model(cfg: DictConfig) -> None:
+    """Build the model once for the dataset's input shape: its options and the shape must fit."""
+    from common.config import INPUT_SHAPES, NUM_CLASSES, model_kwargs
+    from common.models import build_model
+
+    if cfg.dataset.name == "synthetic":
+        shape, classes = tuple(cfg.dataset.shape), int(cfg.dataset.num_classes)
+    else:
+        shape, classes = INPUT_SHAPES[cfg.dataset.name], NUM_CLASSES[cfg.dataset.name]
+    kw = model_kwargs(cfg)
+    try:
+        build_model(cfg.model.name, shape, classes, **kw)
+    except (ValueError, TypeError, RuntimeError) as e:
+        opts = "".join(f" model.{k}={v}" for k, v in kw.items())
+        raise ConfigError(f"model={cfg.model.name}{opts} on dataset={cfg.dataset.name} (inputs {shape}): "
+                          f"{str(e).splitlines()[0]}") from None
+
+
 def validate(cfg: DictConfig, check_data: bool = True) -> None:
     """Raise ConfigError with one line naming the field and the limit."""
     check_fields(cfg)
     resolve(cfg)
     agg = OmegaConf.to_container(cfg.aggregator, resolve=True)
+    _rule_params(agg)
     name, f, pre = agg.pop("name"), agg.pop("f"), agg.pop("pre", []) or []
     if not isinstance(f, int) or isinstance(f, bool) or f < 0:
         raise ConfigError(f"aggregator.f={f!r} must be a non-negative integer")
@@ -36,10 +123,20 @@ def validate(cfg: DictConfig, check_data: bool = True) -> None:
     aname, knowledge = att.pop("name"), att.pop("knowledge", "omniscient")
     if knowledge not in ("omniscient", "colluders"):
         raise ConfigError(f"attack.knowledge={knowledge!r} is unknown; choose omniscient or colluders")
+    if aname in ATTACKS:
+        check_params("attack", ATTACKS[aname], att)
+    quiet = logging.getLogger("worker.attacks")  # what an attack logs when it runs, not while checked
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
-        get_attack(aname, **att).check(int(cfg.workers), len(byzantine_ranks(cfg)))
+        attack = get_attack(aname, **att)
+        if byzantine_ranks(cfg):  # with no Byzantine worker the attack never runs
+            attack.check(int(cfg.workers), len(byzantine_ranks(cfg)))
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
+    finally:
+        quiet.setLevel(level)
+    check_model(cfg)
     validate_hgo(cfg)
     if check_data and cfg.dataset.name != "synthetic":
         try:  # fails early for an absent offline dataset; warms the cache of the embedded one
@@ -87,6 +184,11 @@ def validate_hgo(cfg: DictConfig) -> None:
             task_labels(torch.zeros(1, dtype=torch.int64), binary)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        from common.config import NUM_CLASSES
+
+        classes = NUM_CLASSES.get(cfg.dataset.name) or int(cfg.dataset.get("num_classes", 10))
+        if str(binary) != "even_odd" and not 0 <= int(binary) < classes:
+            raise ConfigError(f"model.binary={binary!r} must be even_odd or a class index in [0, {classes - 1}]")
     if not is_hgo(cfg):
         return
     hg = cfg.get("hgo")
@@ -143,13 +245,18 @@ def validate_hgo(cfg: DictConfig) -> None:
     integer("eval_every", hg.get("eval_every"), 1)
     if hg.get("rounds") is not None:
         integer("rounds", hg.rounds, 1)
-    stragglers = list(hg.get("stragglers") or [])
-    for k in stragglers:
+    stragglers = hg.get("stragglers") or []
+    if isinstance(stragglers, (str, int, float)):
+        raise ConfigError(f"hgo.stragglers={stragglers!r} must be a list of worker indices, e.g. "
+                          f"'hgo.stragglers=[2]' (quoted in the shell)")
+    for k in list(stragglers):
         integer("stragglers[]", k, 1, m)
     sizes = hg.get("batch_sizes")
     if sizes is None:
         sizes = [int(cfg.batch_size)] * m
     else:
+        if isinstance(sizes, (str, int, float)):
+            raise ConfigError(f"hgo.batch_sizes={sizes!r} must be a list with one batch size per worker")
         sizes = list(sizes)
         if len(sizes) != m:
             raise ConfigError(f"hgo.batch_sizes has {len(sizes)} entries; it needs one per worker ({m})")
@@ -192,15 +299,16 @@ def _flat(node, prefix: str = "") -> dict:
 
 
 def check_resume_config(cfg: DictConfig, run_dir: str) -> None:
-    """A run directory with a consistent checkpoint resumes only with the configuration it was started
-    with (apart from RESUMABLE_CHANGES): another model, rule, attack or seed would load state that does
-    not belong to it. Raises ConfigError naming the first differing field; writes nothing."""
+    """A run directory that holds a run (its config.yaml) takes only the configuration it was started
+    with (apart from RESUMABLE_CHANGES): another model, rule, attack or seed would load a checkpoint that
+    does not belong to it, or overwrite the metrics of another run. Raises ConfigError naming the first
+    differing field; writes nothing."""
     from common import checkpoint
 
     saved = os.path.join(run_dir, "config.yaml")
-    rnd = checkpoint.latest_round(run_dir)
-    if rnd is None or not os.path.isfile(saved):
+    if not os.path.isfile(saved):
         return
+    rnd = checkpoint.latest_round(run_dir)
     old = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
     new = _flat(OmegaConf.to_container(cfg, resolve=True))
     diff = sorted(k for k in old.keys() | new.keys()
@@ -208,5 +316,6 @@ def check_resume_config(cfg: DictConfig, run_dir: str) -> None:
     if diff:
         k = diff[0]
         more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
-        raise ConfigError(f"run.dir={run_dir} holds a run checkpointed at round {rnd} with {k}={old.get(k)!r}, "
-                          f"not {new.get(k)!r}{more}: resume with its settings or choose a new run.dir")
+        held = f"checkpointed at round {rnd}" if rnd is not None else "(not checkpointed)"
+        raise ConfigError(f"run.dir={run_dir} holds a run {held} with {k}={old.get(k)!r}, not {new.get(k)!r}"
+                          f"{more}: rerun it with its settings or choose a new run.dir")

@@ -148,3 +148,17 @@ def test_console_script_finds_the_config_tree_from_any_directory(tmp_path):
     bad = subprocess.run([script, "aggregator=nope"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
     assert "aggregator='nope' is unknown" in bad.stderr
+
+
+def test_a_run_directory_without_checkpoint_keeps_its_configuration_too(tmp_path):
+    from common.config import ConfigError
+    from launch.node import compose
+    from launch.run import prepare
+
+    run = tmp_path / "run"
+    prepare(compose(["aggregator=cm", f"run.dir={run}"]))
+    (run / "metrics.jsonl").write_text('{"round": 10}\n')  # a run that crashed before its first checkpoint
+    with pytest.raises(ConfigError, match=r"holds a run \(not checkpointed\) with aggregator.name='cm', not 'mean'"):
+        prepare(compose(["aggregator=mean", "lr=0.7", f"run.dir={run}"]))
+    assert (run / "metrics.jsonl").read_text() == '{"round": 10}\n'
+    prepare(compose(["aggregator=cm", f"run.dir={run}"]))  # the same job again: a fresh start is allowed

@@ -1,0 +1,103 @@
+"""Bad input is refused before any process starts, with one line naming the field and its limit
+(in-process: compose + validate, as `launch.run` and `launch.node` do)."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from common.config import ConfigError
+from launch.node import compose
+from launch.validate import check_device, validate
+from tests.helpers import ROOT
+
+CASES = [
+    (["schedule.name=step", "schedule.milestones=5"], "schedule.milestones=5 must be a list of integers"),
+    (["schedule.name=step", "schedule.milestones=[5,3]"], "schedule.milestones=[5, 3] must be strictly increasing"),
+    (["schedule.name=step", "schedule.milestones=[-1]"], "schedule.milestones=[-1] must hold integers >= 1"),
+    (["attack=mimic", "attack.target=99"], "attack.target=99 must be < 5"),
+    (["model=resnet20", "model.norm=foo"], "model.norm 'foo' is unknown"),
+    (["model=resnet20", "model.shortcut=C"], "model.shortcut 'C' is unknown"),
+    (["model=mlp", "model.hidden=[0]"], "model.hidden=[0] must hold integers >= 1"),
+    (["model=mlp", "model.hidden=abc"], "model.hidden='abc' must be a list of integers"),
+    (["dataset=digits", "model=cnn"], "model=cnn on dataset=digits (inputs (1, 8, 8))"),
+    (["dataset=synthetic", "dataset.shape=[0]"], "dataset.shape=[0] must hold integers >= 1"),
+    (["lr=nan"], "lr=nan must be a finite number"),
+    (["lr=inf"], "lr=inf must be a finite number"),
+    (["momentum=nan"], "momentum=nan must be a finite number"),
+    (["comm.timeout_round_s=inf"], "comm.timeout_round_s=inf must be a finite number"),
+    (["filter.max_abs=nan"], "filter.max_abs=nan must be a finite number"),
+    (["fault.kind=bogus"], "fault.kind='bogus' is unknown"),
+    (["fault.kind=raise", "fault.round=abc"], "fault.round='abc' must be an integer"),
+    (["fault.kind=kill", "fault.rank=99"], "fault.rank=99 must be <= 8"),
+    (["byzantine.ranks=3"], "byzantine.ranks=3 must be a list of worker indices in [1, 8]"),
+    (["log.level=FOO"], "log.level='FOO' is unknown"),
+    (["log.oracle=maybe"], "log.oracle='maybe' must be true or false"),
+    (["dataset.augment=maybe"], "dataset.augment='maybe' must be true or false"),
+    (["attack=alie", "attack.lie_length=maybe"], "attack.lie_length='maybe' must be true or false"),
+    (["dataset.classes_per_worker=11"], "dataset.classes_per_worker=11 must be <= 10"),
+    (["aggregator=cc", "aggregator.tau=abc"], "aggregator.tau='abc' must be a finite number"),
+    (["attack=foe", "attack.epsilon=abc"], "attack.epsilon='abc' must be a finite number"),
+    (["aggregator=gm", "aggregator.T=abc"], "aggregator.T='abc' must be an integer"),
+    (["aggregator.pre=[{name:bucketing,s:abc}]"], "aggregator.pre[0].s='abc' must be an integer"),
+    (["aggregator.pre=foo"], "aggregator.pre='foo' must be a list"),
+    (["comm.master_addr="], "comm.master_addr='' must be a host name or an IP address"),
+    (["experiment=hgo_cpu", "hgo.stragglers=5"], "hgo.stragglers=5 must be a list of worker indices"),
+    (["experiment=hgo_cpu", "hgo.batch_sizes=abc"], "hgo.batch_sizes='abc' must be a list"),
+    (["experiment=hgo_cpu", "model=binlogreg", "model.binary=12"], "model.binary=12 must be even_odd or a class"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", CASES, ids=[" ".join(o) for o, _ in CASES])
+def test_bad_value_is_refused_naming_the_field(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        validate(compose(overrides), check_data=False)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["workers=2", "byzantine.count=0"],  # ALIE's z is undefined at f = 0, but no Byzantine worker runs it
+    ["log.level=debug", "aggregator=gm", "aggregator.T=5"],
+    ["schedule.name=step", "schedule.milestones=[3,6]"],
+    ["model=mlp", "model.hidden=[30,20]"],
+    ["filter.max_abs=inf"],
+])
+def test_good_values_pass(overrides):
+    validate(compose(overrides), check_data=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_settings_are_refused_where_no_gpu_is_visible():
+    with pytest.raises(ConfigError, match="device=cuda but torch sees no CUDA device"):
+        check_device(compose(["device=cuda"]))
+    with pytest.raises(ConfigError, match="comm.backend=nccl needs device=cuda"):
+        check_device(compose(["comm.backend=nccl"]))
+    validate(compose(["device=cuda"]), check_data=False)  # a GPU preset validates anywhere
+    check_device(compose(["device=auto"]))
+
+
+def test_sweep_probes_cover_every_value_once():
+    from launch.run import _probe_jobs, _split_top
+
+    assert _split_top("[1,2],[3],x") == ["[1,2]", "[3]", "x"]
+    assert _split_top("'a,b',c") == ["'a,b'", "c"]
+    jobs = _probe_jobs(["aggregator=cm,krum", "lr=0.1", "attack=alie,foe,none"])
+    assert jobs == [["aggregator=cm", "lr=0.1", "attack=alie"], ["aggregator=krum", "lr=0.1", "attack=alie"],
+                    ["aggregator=cm", "lr=0.1", "attack=foe"], ["aggregator=cm", "lr=0.1", "attack=none"]]
+
+
+def test_a_sweep_with_refused_jobs_exits_non_zero_and_a_bad_value_anywhere_stops_it(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "launch.run", "--multirun", *args,
+                               f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+
+    proc = cli("lr=-1,0")
+    assert proc.returncode == 1
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: lr=-1 must be > 0", "error: lr=0 must be > 0",
+                      "error: 2 job(s) of the sweep were refused or failed: 0, 1"]
+    proc = cli("aggregator=cm,foo")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: aggregator='foo' is unknown; choose one of [aksel, bulyan, cc, cm, gm, krum, meamed, mean, "
+        "multikrum, phocas, tm]"]
