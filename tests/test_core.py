@@ -178,3 +178,41 @@ def test_embedded_dataset_shapes():
     assert load_dataset("digits").x_train.shape == (1437, 1, 8, 8)
     syn = load_dataset("synthetic", shape=(3, 32, 32), num_classes=10, n_train=64, n_test=16)
     assert syn.x_train.shape == (64, 3, 32, 32)
+
+
+def test_random_placement_is_seeded_and_explicit_ranks_win():
+    from common.config import byzantine_ranks
+
+    def ranks(**kw):
+        cfg = {"workers": 10, "seed": kw.pop("seed", 0),
+               "byzantine": {"count": 3, "ranks": None, "placement": "last", **kw}}
+        return byzantine_ranks(cfg)
+
+    assert ranks() == [8, 9, 10]
+    r0 = ranks(placement="random")
+    assert len(r0) == 3 and len(set(r0)) == 3 and all(1 <= k <= 10 for k in r0) and r0 == sorted(r0)
+    assert ranks(placement="random") == r0  # the same seed, the same roster on every rank
+    assert any(ranks(placement="random", seed=s) != r0 for s in range(1, 5))
+    assert ranks(ranks=[5, 2], placement="random") == [2, 5]
+
+
+def test_worker_side_weight_decay_is_added_to_the_gradient_before_the_momentum():
+    from types import SimpleNamespace
+
+    from worker.trainer import Worker
+
+    torch.manual_seed(0)
+    fm = flatten_model(build_model("logreg", (1, 4, 4), 3))
+    x, y = torch.randn(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    w = Worker.__new__(Worker)
+    w.fm, w.wd, w.channels_last, w.autocast = fm, 0.1, False, False
+    w.device = torch.device("cpu")
+    w.sampler = SimpleNamespace(batch=lambda t: (x, y))
+    loss = w.gradient(0)
+    ref = build_model("logreg", (1, 4, 4), 3)
+    torch.nn.utils.vector_to_parameters(fm.params.clone(), ref.parameters())
+    expect_loss = F.cross_entropy(ref(x), y)
+    expect_loss.backward()
+    expect = torch.cat([p.grad.flatten() for p in ref.parameters()]) + 0.1 * fm.params
+    torch.testing.assert_close(fm.grad, expect)
+    assert loss == pytest.approx(expect_loss.item())

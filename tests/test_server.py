@@ -138,3 +138,13 @@ def test_oracle_indexes_workers_not_surviving_rows():
     u = torch.arange(12.0).view(4, 3)
     out = OracleError(byzantine=[2], m=4)(0, u, torch.zeros(3))
     assert out["honest_mean_norm"] == pytest.approx(float(u[[0, 2, 3]].mean(0).norm()))
+
+
+def test_evaluation_every_eval_every_epochs_and_at_the_end():
+    srv = server_on(make_rows(), rule="mean", f=0)
+    srv.rpe, srv.eval_every, srv.total_rounds = 2, 2, 9  # epochs of 2 rounds; evaluate every 2nd epoch
+    srv.x_test, srv.y_test = torch.randn(5, 2), torch.tensor([0, 1, 0, 1, 1])
+    srv.best_acc, srv.last_eval = 0.0, (math.nan, math.nan)
+    evaluated = [row["round"] for row in (srv.step() for _ in range(9)) if "test_accuracy" in row]
+    assert evaluated == [4, 8, 9]
+    assert 0.0 <= srv.last_eval[0] <= 1.0 and srv.best_acc >= srv.last_eval[0]
