@@ -91,3 +91,29 @@ def test_store_transport_skips_a_worker_slower_than_tau(tmp_path):
     assert s["hgo"]["bytes_values"] == 4 * s["hgo"]["sum_b"] == 4 * rounds * 2 * D_LOGREG
     assert s["hgo"]["bytes_headers"] == rounds * 2 * REPLY * 4
     assert s["final_test_accuracy"] > 0.3
+
+
+def test_hgo_resumes_bitwise_exactly_after_a_worker_or_the_server_is_killed(tmp_path):
+    """The HGO server checkpoints alone (workers keep no state); killing a worker or the server at round 5
+    and resuming from the round-4 checkpoint gives the same parameters as the run without a fault."""
+    common = [*SMALL, "workers=4", "hgo.q=3", "hgo.rounds=8", "checkpoint.every=4", "aggregator=cm",
+              "aggregator.f=1", "byzantine.count=1", "attack=signflip"]
+    launch(str(tmp_path / "clean"), *common)
+    clean = final_params(str(tmp_path / "clean"), 8)
+    for who in (2, 0):
+        run = str(tmp_path / f"kill{who}")
+        launch(run, *common, "fault.kind=kill", f"fault.rank={who}", "fault.round=5")
+        s = summary(run)
+        assert s["restarts"] == 1 and s["rounds_completed"] == 8
+        assert [r["round"] for r in metrics(run)] == list(range(1, 9))
+        assert torch.equal(final_params(run, 8), clean), f"HGO resume after killing rank {who} is not exact"
+
+
+def test_hgo_excludes_non_finite_blocks_and_keeps_the_parameters_finite(tmp_path):
+    run, rounds = str(tmp_path / "nan"), 6
+    launch(run, *SMALL, "workers=4", "hgo.q=4", f"hgo.rounds={rounds}", "aggregator=cm", "aggregator.f=1",
+           "byzantine.count=1", "attack='nan'", "checkpoint.every=6")
+    s = summary(run)
+    assert s["inputs"]["excluded_nonfinite"] == rounds  # the Byzantine worker is selected every round (q = m)
+    assert [r["excluded_nonfinite_blocks"] for r in metrics(run)] == [1] * rounds
+    assert torch.isfinite(final_params(run, rounds)).all() and s["final_test_accuracy"] > 0.3
