@@ -62,3 +62,13 @@ def test_hydra_override_changes_the_run_and_multirun_sweeps(tmp_path):
     found = sorted(p for p in os.listdir(sweep) if os.path.exists(sweep / p / "summary.json"))
     assert found == ["0", "1"]
     assert {summary(sweep / j)["config"]["aggregator"] for j in found} == {"mean", "cm"}
+
+
+def test_colluding_byzantine_workers_build_their_own_group_and_attack_with_it(tmp_path):
+    """attack.knowledge=colluders: the 3 Byzantine workers join a group among themselves (no other rank
+    takes part) and ALIE uses their own momenta; the run completes and records the knowledge."""
+    run = tmp_path / "colluders"
+    launch(run, "attack=alie", "attack.knowledge=colluders", "max_rounds=3", "log.every=1", "batch_size=16")
+    s = summary(run)
+    assert s["rounds_completed"] == 3 and s["config"]["attack_knowledge"] == "colluders"
+    assert all(r["train_loss"] is not None and r["agg_norm"] > 0 for r in metrics(run))
