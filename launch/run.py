@@ -137,35 +137,30 @@ def composition_error(e: Exception) -> str:
     return "; ".join(lines[:2]) or type(e).__name__
 
 
-def _split_top(value: str) -> list[str]:
-    """Split a sweep value on the commas that are not inside brackets, braces or quotes."""
-    parts, depth, quote, cur = [], 0, "", ""
-    for ch in value:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-            continue
-        cur += ch
-    return [*parts, cur]
-
-
 def _probe_jobs(args: list[str]) -> list[list[str]]:
-    """Override lists that together use every value of a sweep once: the first job (key=a,b -> key=a),
-    then that job with each further value of one key swapped in (a typo in any value shows up)."""
-    split = [(a.partition("=")[0], _split_top(a.partition("=")[2]) if "=" in a else None) for a in args]
-    first = [f"{k}={v[0]}" if v is not None else k for k, v in split]
+    """Override lists that together use every value of a sweep once: the first job (key=a,b -> key=a,
+    also for choice(...) and range(...)), then that job with each further value of one key swapped in,
+    so that a typo in any value shows up before the first job starts. Values come from hydra's own
+    override parser; glob(...) sweeps need hydra's config loader and are left to hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, items = OverridesParser.create(), []
+    for a in args:
+        o = parser.parse_overrides([a])[0]
+        if not o.is_sweep_override():
+            items.append([a])
+            continue
+        try:
+            values = list(o.sweep_string_iterator())
+        except Exception:  # noqa: BLE001 - glob(): resolved by hydra against the config groups
+            continue
+        key = a.partition("=")[0]
+        items.append([f"{key}={v}" for v in values])
+    first = [alts[0] for alts in items]
     jobs = [first]
-    for i, (key, values) in enumerate(split):
-        for value in (values or [])[1:]:
-            jobs.append([*first[:i], f"{key}={value}", *first[i + 1:]])
+    for i, alts in enumerate(items):
+        for alt in alts[1:]:
+            jobs.append([*first[:i], alt, *first[i + 1:]])
     return jobs
 
 

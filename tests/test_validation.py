@@ -77,13 +77,15 @@ def test_gpu_settings_are_refused_where_no_gpu_is_visible():
 
 
 def test_sweep_probes_cover_every_value_once():
-    from launch.run import _probe_jobs, _split_top
+    from launch.run import _probe_jobs
 
-    assert _split_top("[1,2],[3],x") == ["[1,2]", "[3]", "x"]
-    assert _split_top("'a,b',c") == ["'a,b'", "c"]
-    jobs = _probe_jobs(["aggregator=cm,krum", "lr=0.1", "attack=alie,foe,none"])
-    assert jobs == [["aggregator=cm", "lr=0.1", "attack=alie"], ["aggregator=krum", "lr=0.1", "attack=alie"],
-                    ["aggregator=cm", "lr=0.1", "attack=foe"], ["aggregator=cm", "lr=0.1", "attack=none"]]
+    jobs = _probe_jobs(["aggregator=cm,krum", "lr=0.1", "attack=choice(alie,foe)", "seed=range(0,2)",
+                        "aggregator.pre=[nnm,bucketing]"])
+    first = ["aggregator=cm", "lr=0.1", "attack=alie", "seed=0", "aggregator.pre=[nnm,bucketing]"]
+    assert jobs == [first, ["aggregator=krum", *first[1:]], [*first[:2], "attack=foe", *first[3:]],
+                    [*first[:3], "seed=1", first[4]]]
+    for job in jobs:
+        compose(job)  # each probe is a plain (non-sweep) composition
 
 
 def test_a_sweep_with_refused_jobs_exits_non_zero_and_a_bad_value_anywhere_stops_it(tmp_path):
