@@ -19,7 +19,7 @@ TRAIN_SIZES = {"mnist5k": 4000, "digits": 1437, "mnist": 60000, "cifar10": 50000
 NUM_CLASSES = {"mnist5k": 10, "digits": 10, "mnist": 10, "cifar10": 10}
 INPUT_SHAPES = {"mnist5k": (1, 28, 28), "digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 FAULTS = ("none", "kill", "stop", "raise")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -134,9 +134,9 @@ def check_fields(cfg: Mapping) -> None:
     _choice(cfg, "dataset.name", DATASETS)
     _choice(cfg, "dataset.partition", ("iid", "dirichlet", "shards"))
     _num(cfg, "dataset.alpha", 0, lo_open=True)
-    classes = _int(cfg, "dataset.num_classes", 2) if _get(cfg, "dataset.name") == "synthetic" \
-        else NUM_CLASSES[_get(cfg, "dataset.name")]
-    _int(cfg, "dataset.classes_per_worker", 1, classes)
+    if _get(cfg, "dataset.name") == "synthetic":
+        _int(cfg, "dataset.num_classes", 2)
+    _int(cfg, "dataset.classes_per_worker", 1)  # shards: pieces per worker, any number works
     for key in ("dataset.augment", "dataset.download"):
         if _get(cfg, key) is not None:
             _bool(cfg, key)
@@ -154,7 +154,7 @@ def check_fields(cfg: Mapping) -> None:
     _choice(cfg, "schedule.name", SCHEDULES)
     _num(cfg, "schedule.gamma", 0, lo_open=True)
     if _get(cfg, "schedule.milestones") is not None:
-        _int_list(cfg, "schedule.milestones", 1, increasing=True)
+        _int_list(cfg, "schedule.milestones", 0, increasing=True)
     _int(cfg, "seed", 0)
     _choice(cfg, "device", ("cpu", "cuda", "auto"))
     _int(cfg, "eval_every", 1)
@@ -198,7 +198,7 @@ def check_run_dir(path: str) -> None:
     """The run directory must be creatable and writable."""
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
+        probe = os.path.join(path, f".write-test-{os.getpid()}")  # ranks of one node probe at once
         with open(probe, "w") as fh:
             fh.write("ok")
         os.remove(probe)

@@ -73,7 +73,9 @@ def run_rank(container: dict, run_dir: str) -> None:
             os.makedirs(run_dir, exist_ok=True)
             cfg_path = os.path.join(run_dir, "config.yaml")
             if not os.path.exists(cfg_path):
-                OmegaConf.save(cfg, cfg_path)
+                from launch.run import save_config
+
+                save_config(cfg, cfg_path)
             extra = run_summary_config(cfg)
             if hgo:
                 from server.hgo import HGOServer

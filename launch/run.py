@@ -45,8 +45,15 @@ def prepare(cfg: DictConfig, default_dir: str | None = None) -> str:
     check_run_dir(run_dir)
     cfg.run.dir = os.path.abspath(run_dir)
     check_resume_config(cfg, run_dir)
-    OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+    save_config(cfg, os.path.join(run_dir, "config.yaml"))
     return cfg.run.dir
+
+
+def save_config(cfg: DictConfig, path: str) -> None:
+    """Write the resolved config atomically (a crash leaves the old file or the new one, never half)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    OmegaConf.save(cfg, tmp, resolve=True)
+    os.replace(tmp, path)
 
 
 def launch_group(cfg: DictConfig, run_dir: str) -> None:
@@ -173,7 +180,7 @@ def cli(argv: list[str] | None = None) -> None:
     over to hydra's main. A sweep exits 1 when any of its jobs was refused or failed."""
     args = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in args if a.startswith("-")]
-    sweep = any(a in ("-m", "--multirun") for a in args)
+    sweep = any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args)
     if not flags or flags == [a for a in args if a in ("-m", "--multirun")]:
         from launch.node import compose
 

@@ -78,6 +78,10 @@ def check_device(cfg: DictConfig, local_ranks: int = 1) -> None:
     validates anywhere, and is checked where it runs.)"""
     import torch
 
+    if cfg.device == "cpu" and cfg.comm.backend != "nccl":
+        return
+    # ask NVML, not the CUDA driver: the launcher may fork the ranks afterwards (BYZ_START_METHOD=fork)
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     gpu = torch.cuda.is_available()
     if cfg.device == "cuda" and not gpu:
         raise ConfigError("device=cuda but torch sees no CUDA device on this machine; use device=cpu or auto")
@@ -130,8 +134,9 @@ def validate(cfg: DictConfig, check_data: bool = True) -> None:
     quiet.setLevel(logging.WARNING)
     try:
         attack = get_attack(aname, **att)
-        if byzantine_ranks(cfg):  # with no Byzantine worker the attack never runs
-            attack.check(int(cfg.workers), len(byzantine_ranks(cfg)))
+        n, f_true = int(cfg.workers), len(byzantine_ranks(cfg))
+        if f_true:  # with no Byzantine worker the attack never runs
+            attack.check(n, f_true, known=n - f_true if knowledge == "omniscient" else f_true)
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
     finally:
@@ -284,9 +289,10 @@ def validate_hgo(cfg: DictConfig) -> None:
         cfg.hgo.q, cfg.hgo.v = q, v
 
 
-#: top-level keys a resumed run may change: length, logging, checkpoints, transport, drills, speed options
+#: keys (and sections) a resumed run may change: length, logging, checkpoints, transport, drills, speed
+#: options, where the data lives
 RESUMABLE_CHANGES = ("epochs", "max_rounds", "eval_every", "log", "checkpoint", "comm", "run", "fault", "device",
-                     "perf")
+                     "perf", "hgo.rounds", "hgo.eval_every", "dataset.root", "dataset.download")
 
 
 def _flat(node, prefix: str = "") -> dict:
@@ -306,13 +312,21 @@ def check_resume_config(cfg: DictConfig, run_dir: str) -> None:
     from common import checkpoint
 
     saved = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(saved):
-        return
     rnd = checkpoint.latest_round(run_dir)
-    old = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    ran = rnd is not None or any(os.path.exists(os.path.join(run_dir, f)) for f in ("metrics.jsonl", "summary.json"))
+    if not ran or not os.path.isfile(saved):
+        return
+    try:
+        old = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    except Exception as e:  # noqa: BLE001 - a damaged file: yaml and omegaconf raise several types
+        raise ConfigError(f"run.dir={run_dir} holds a run whose config.yaml is unreadable "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); choose a new run.dir") from None
     new = _flat(OmegaConf.to_container(cfg, resolve=True))
-    diff = sorted(k for k in old.keys() | new.keys()
-                  if k.split(".")[0] not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+
+    def may_change(key: str) -> bool:
+        return any(key == c or key.startswith(c + ".") for c in RESUMABLE_CHANGES)
+
+    diff = sorted(k for k in old.keys() | new.keys() if not may_change(k) and old.get(k) != new.get(k))
     if diff:
         k = diff[0]
         more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""

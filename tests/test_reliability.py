@@ -162,3 +162,22 @@ def test_a_run_directory_without_checkpoint_keeps_its_configuration_too(tmp_path
         prepare(compose(["aggregator=mean", "lr=0.7", f"run.dir={run}"]))
     assert (run / "metrics.jsonl").read_text() == '{"round": 10}\n'
     prepare(compose(["aggregator=cm", f"run.dir={run}"]))  # the same job again: a fresh start is allowed
+
+
+def test_the_guard_needs_a_run_and_names_a_damaged_config(tmp_path):
+    from common.config import ConfigError
+    from launch.node import compose
+    from launch.run import prepare
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("aggregator: {f: null}\n")  # e.g. hydra's own copy: no run happened
+    prepare(compose(["aggregator=cm", f"run.dir={run}"]))
+    (run / "metrics.jsonl").write_text('{"round": 10}\n')
+    (run / "config.yaml").write_text("aggregator: [unclosed\n")
+    with pytest.raises(ConfigError, match="holds a run whose config.yaml is unreadable"):
+        prepare(compose(["aggregator=cm", f"run.dir={run}"]))
+    hgo = tmp_path / "hgo"
+    prepare(compose(["experiment=hgo_cpu", "hgo.rounds=10", f"run.dir={hgo}"]))
+    (hgo / "metrics.jsonl").write_text('{"round": 10}\n')
+    prepare(compose(["experiment=hgo_cpu", "hgo.rounds=20", "dataset.download=true", f"run.dir={hgo}"]))

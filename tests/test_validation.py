@@ -14,7 +14,7 @@ from tests.helpers import ROOT
 CASES = [
     (["schedule.name=step", "schedule.milestones=5"], "schedule.milestones=5 must be a list of integers"),
     (["schedule.name=step", "schedule.milestones=[5,3]"], "schedule.milestones=[5, 3] must be strictly increasing"),
-    (["schedule.name=step", "schedule.milestones=[-1]"], "schedule.milestones=[-1] must hold integers >= 1"),
+    (["schedule.name=step", "schedule.milestones=[-1]"], "schedule.milestones=[-1] must hold integers >= 0"),
     (["attack=mimic", "attack.target=99"], "attack.target=99 must be < 5"),
     (["model=resnet20", "model.norm=foo"], "model.norm 'foo' is unknown"),
     (["model=resnet20", "model.shortcut=C"], "model.shortcut 'C' is unknown"),
@@ -35,7 +35,7 @@ CASES = [
     (["log.oracle=maybe"], "log.oracle='maybe' must be true or false"),
     (["dataset.augment=maybe"], "dataset.augment='maybe' must be true or false"),
     (["attack=alie", "attack.lie_length=maybe"], "attack.lie_length='maybe' must be true or false"),
-    (["dataset.classes_per_worker=11"], "dataset.classes_per_worker=11 must be <= 10"),
+    (["attack=mimic", "attack.knowledge=colluders", "attack.target=3"], "attack.target=3 must be < 3"),
     (["aggregator=cc", "aggregator.tau=abc"], "aggregator.tau='abc' must be a finite number"),
     (["attack=foe", "attack.epsilon=abc"], "attack.epsilon='abc' must be a finite number"),
     (["aggregator=gm", "aggregator.T=abc"], "aggregator.T='abc' must be an integer"),
@@ -61,6 +61,9 @@ def test_bad_value_is_refused_naming_the_field(overrides, message):
     ["schedule.name=step", "schedule.milestones=[3,6]"],
     ["model=mlp", "model.hidden=[30,20]"],
     ["filter.max_abs=inf"],
+    ["log.level=CRITICAL", "schedule.name=step", "schedule.milestones=[0,5]"],
+    ["dataset.partition=shards", "dataset.classes_per_worker=12"],
+    ["attack=mimic", "attack.knowledge=colluders", "attack.target=2"],
 ])
 def test_good_values_pass(overrides):
     validate(compose(overrides), check_data=False)
@@ -74,6 +77,13 @@ def test_gpu_settings_are_refused_where_no_gpu_is_visible():
         check_device(compose(["comm.backend=nccl"]))
     validate(compose(["device=cuda"]), check_data=False)  # a GPU preset validates anywhere
     check_device(compose(["device=auto"]))
+
+
+def test_hydra_mode_multirun_is_a_sweep_too(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "launch.run", "hydra.mode=MULTIRUN", "lr=-1,0",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "error: 2 job(s) of the sweep were refused or failed: 0, 1" in proc.stderr
 
 
 def test_sweep_probes_cover_every_value_once():

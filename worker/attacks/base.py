@@ -87,8 +87,9 @@ class Attack:
             raise ValueError(f"attack '{self.name}' got unknown parameter(s) {sorted(params)}")
         self.lie_length = bool(lie_length)
 
-    def check(self, n: int, f: int) -> None:
-        """Raise ValueError when the attack cannot run with n workers of which f are Byzantine."""
+    def check(self, n: int, f: int, known: int | None = None) -> None:
+        """Raise ValueError when the attack cannot run with n workers of which f are Byzantine; `known` is
+        how many vectors the adversary sees each round (n - f omniscient, f colluders)."""
 
     def craft(self, u: Tensor, honest: Tensor | None, ctx: AttackContext) -> Tensor:  # pragma: no cover
         raise TypeError(f"{type(self).__name__} does not define craft()")

@@ -59,10 +59,11 @@ class Mimic(Attack):
             self.z = z / z.norm()
         self.target = int(torch.argmax(honest @ self.z))
 
-    def check(self, n: int, f: int) -> None:
-        if self.warmup == 0 and self.target >= n - f:
-            raise ValueError(f"attack.target={self.target} must be < {n - f}: it indexes the n - f honest "
-                             f"vectors (n={n}, f={f})")
+    def check(self, n: int, f: int, known: int | None = None) -> None:
+        rows = n - f if known is None else known
+        if self.warmup == 0 and self.target >= rows:
+            raise ValueError(f"attack.target={self.target} must be < {rows}: it indexes the {rows} vectors the "
+                             f"adversary knows each round (n={n}, f={f})")
 
     def craft(self, u: Tensor, honest: Tensor | None, ctx: AttackContext) -> Tensor:
         if self.t < self.warmup:

@@ -121,7 +121,7 @@ class ALittleIsEnough(Attack):
         self._last = (n, f)
         return self._z[(n, f)]
 
-    def check(self, n: int, f: int) -> None:
+    def check(self, n: int, f: int, known: int | None = None) -> None:
         self.z(n, f)
 
     def craft(self, u: Tensor, honest: Tensor | None, ctx: AttackContext) -> Tensor:
