@@ -194,6 +194,15 @@ def check_fields(cfg: Mapping) -> None:
                               f"({train_size(cfg)} training samples / {m} workers, partition {kind})")
 
 
+def output_folder_problem(folder: str) -> str | None:
+    """Why files cannot be written into `folder` (created if missing), or None."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        return f"cannot create {folder!r} ({e.strerror})"
+    return None if os.access(folder, os.W_OK) else f"{folder!r} is not writable"
+
+
 def check_run_dir(path: str) -> None:
     """The run directory must be creatable and writable."""
     try:

@@ -188,13 +188,11 @@ def _check_args(args) -> str | None:
         return f"--hvp-batch={args.hvp_batch} must be >= 1"
     if not math.isfinite(args.f_star):
         return f"--f-star={args.f_star} must be a finite number"
-    folder = os.path.dirname(os.path.abspath(args.out))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        return f"--out={args.out!r}: cannot create {folder!r} ({e.strerror})"
-    if not os.access(folder, os.W_OK) or os.path.isdir(args.out):
-        return f"--out={args.out!r} is not a writable file path"
+    from common.config import output_folder_problem
+
+    problem = output_folder_problem(os.path.dirname(os.path.abspath(args.out)))
+    if problem or os.path.isdir(args.out):
+        return f"--out={args.out!r}: {problem or 'a directory, not a file path'}"
     return None
 
 

@@ -100,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--title", default="")
     p.add_argument("--logx", action="store_true")
     a = p.parse_args(argv)
-    folder = os.path.dirname(os.path.abspath(a.out))
+    from common.config import output_folder_problem
+
     if os.path.splitext(a.out)[1].lower() not in (".png", ".pdf", ".svg"):
         print(f"hgo_report: OUT={a.out!r} must end in .png, .pdf or .svg", file=sys.stderr)
         return 2
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        print(f"hgo_report: OUT={a.out!r}: cannot create {folder!r} ({e.strerror})", file=sys.stderr)
+    problem = output_folder_problem(os.path.dirname(os.path.abspath(a.out)))
+    if problem:
+        print(f"hgo_report: OUT={a.out!r}: {problem}", file=sys.stderr)
         return 2
     groups = {}
     for item in a.groups:

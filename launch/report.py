@@ -573,14 +573,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"report: not a directory: {', '.join(missing)}", file=sys.stderr)
         return 2
+    from common.config import output_folder_problem
+
     out = args.out or args.dirs[0]
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        print(f"report: --out={out!r} is not a directory that can be created ({e.strerror})", file=sys.stderr)
-        return 2
-    if not os.access(out, os.W_OK):
-        print(f"report: --out={out!r} is not writable", file=sys.stderr)
+    problem = output_folder_problem(out)
+    if problem:
+        print(f"report: --out={out!r}: {problem}", file=sys.stderr)
         return 2
     path, runs = write_report(args.dirs, out)
     n_failed = sum(not r.ok for r in runs)

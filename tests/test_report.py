@@ -229,3 +229,16 @@ def test_hgo_report_rejects_missing_and_non_hgo_runs_with_one_line(tmp_path, cap
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expect in err[0], err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_unwritable_outputs_are_one_line_errors(tmp_path, capsys):
+    from launch import advise, hgo_report, report
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    run = make_run(tmp_path, "r", acc=0.9)
+    assert report.main([run, "--out", str(blocker / "out")]) == 2
+    assert hgo_report.main([str(blocker / "x.png"), f"A={run}"]) == 2
+    assert advise.main(["--out", str(blocker / "u.png")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all("cannot create" in e and "a-file" in e for e in errors), errors
