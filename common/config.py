@@ -136,6 +136,9 @@ def check_fields(cfg: Mapping) -> None:
     _num(cfg, "dataset.alpha", 0, lo_open=True)
     if _get(cfg, "dataset.name") == "synthetic":
         _int(cfg, "dataset.num_classes", 2)
+        _int(cfg, "dataset.n_train", 1)
+        _int(cfg, "dataset.n_test", 1)
+        _int_list(cfg, "dataset.shape", 1)
     _int(cfg, "dataset.classes_per_worker", 1)  # shards: pieces per worker, any number works
     for key in ("dataset.augment", "dataset.download"):
         if _get(cfg, key) is not None:
@@ -181,10 +184,6 @@ def check_fields(cfg: Mapping) -> None:
     if _get(cfg, "perf") is not None:
         _choice(cfg, "perf.autocast", ("none", "bf16"))
         _bool(cfg, "perf.channels_last")
-    if _get(cfg, "dataset.name") == "synthetic":
-        _int(cfg, "dataset.n_train", 1)
-        _int(cfg, "dataset.n_test", 1)
-        _int_list(cfg, "dataset.shape", 1)
     if _get(cfg, "algorithm.name") in ("byzsgdm", "byzsgdnm"):
         kind = _get(cfg, "dataset.partition")
         shard = smallest_shard(kind, train_size(cfg), m, int(_get(cfg, "seed", 0)),

@@ -176,8 +176,8 @@ FAILED_JOBS: list[str] = []
 
 
 def cli(argv: list[str] | None = None) -> None:
-    """Check that the overrides compose (one-line errors; for a sweep, those of its first job), then hand
-    over to hydra's main. A sweep exits 1 when any of its jobs was refused or failed."""
+    """Check that the overrides compose (one-line errors; for a sweep, every value of its grid, see
+    `_probe_jobs`), then hand over to hydra's main. A sweep exits 1 when any job was refused or failed."""
     args = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in args if a.startswith("-")]
     sweep = any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args)

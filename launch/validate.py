@@ -305,10 +305,10 @@ def _flat(node, prefix: str = "") -> dict:
 
 
 def check_resume_config(cfg: DictConfig, run_dir: str) -> None:
-    """A run directory that holds a run (its config.yaml) takes only the configuration it was started
-    with (apart from RESUMABLE_CHANGES): another model, rule, attack or seed would load a checkpoint that
-    does not belong to it, or overwrite the metrics of another run. Raises ConfigError naming the first
-    differing field; writes nothing."""
+    """A run directory that holds a run (a checkpoint, metrics.jsonl or summary.json beside its config.yaml)
+    takes only the configuration it was started with (apart from RESUMABLE_CHANGES): another model, rule,
+    attack or seed would load a checkpoint that does not belong to it, or overwrite the metrics of another
+    run. Raises ConfigError naming the first differing field; writes nothing."""
     from common import checkpoint
 
     saved = os.path.join(run_dir, "config.yaml")
