@@ -150,10 +150,12 @@ class Channel:
         self.buf = buf
         self.host_buf = torch.empty(buf.numel(), dtype=buf.dtype, pin_memory=pin) if self.stage else buf
         self.row = torch.zeros(row_len, dtype=torch.float32, device=comm_dev, pin_memory=pin and comm_dev.type == "cpu")
-        self.rows = None
+        self.rows = self.rows_dev = None
         if topo.is_server:
-            self.rows = torch.zeros(topo.world, row_len, dtype=torch.float32, device=comm_dev)
+            self.rows = torch.zeros(topo.world, row_len, dtype=torch.float32, device=comm_dev, pin_memory=pin)
             self._gather_list = list(self.rows.unbind(0))
+            if self.stage:  # the server aggregates where its model lives: rows go back to the device
+                self.rows_dev = torch.zeros(topo.world - 1, row_len, dtype=torch.float32, device=buf.device)
         # the hot path calls the process group directly with options built once: the generic
         # dist.broadcast / dist.gather wrappers re-check and re-build these on every call
         root = dist.get_group_rank(topo.data_group, topo.server)
@@ -174,16 +176,21 @@ class Channel:
 
     def gather(self) -> Tensor | None:
         """Workers send `self.row`; the server receives every worker's row into `self.rows` and gets
-        back the (m, row_len) matrix of worker rows (a view when the server is global rank 0)."""
+        back the (m, row_len) matrix of worker rows on its own device (a view of `self.rows` when the
+        server is global rank 0 and nothing is staged; a copy in `self.rows_dev` when it is)."""
         self.topo.data_group.gather(self._gather_out, self._gather_in, self._gather_opts).wait()
-        if self.topo.is_server:
-            s = self.topo.server
-            if s == 0:
-                return self.rows[1:]
-            if s == self.topo.world - 1:
-                return self.rows[:-1]
-            return torch.cat([self.rows[:s], self.rows[s + 1:]])
-        return None
+        if not self.topo.is_server:
+            return None
+        s = self.topo.server
+        if s == 0:
+            rows = self.rows[1:]
+        elif s == self.topo.world - 1:
+            rows = self.rows[:-1]
+        else:
+            rows = torch.cat([self.rows[:s], self.rows[s + 1:]])
+        if self.rows_dev is None:
+            return rows
+        return self.rows_dev.copy_(rows, non_blocking=True)  # pinned host -> device, ordered on the stream
 
 
 def free_port(host: str = "127.0.0.1") -> int:

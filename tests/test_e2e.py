@@ -2,6 +2,7 @@
 import os
 
 import pytest
+import torch
 
 from tests.helpers import contract_problems, launch, metrics, summary
 
@@ -72,3 +73,15 @@ def test_colluding_byzantine_workers_build_their_own_group_and_attack_with_it(tm
     s = summary(run)
     assert s["rounds_completed"] == 3 and s["config"]["attack_knowledge"] == "colluders"
     assert all(r["train_loss"] is not None and r["agg_norm"] > 0 for r in metrics(run))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_nine_ranks_sharing_one_gpu_train_through_gloo_staging_with_the_speed_options(tmp_path):
+    """device=cuda with every rank on one GPU: the data group is Gloo staged through pinned host memory,
+    the server aggregates on the GPU, and bf16 autocast + channels_last leave the accuracy where it is."""
+    run = tmp_path / "gpu"
+    launch(run, "attack=none", "device=cuda", "perf.autocast=bf16", "perf.channels_last=true")
+    s = summary(run)
+    assert s["config"]["device"].startswith("cuda") and s["config"]["backend"] == "gloo"
+    assert s["rounds_completed"] == 150 and s["final_test_accuracy"] >= 0.90, s["final_test_accuracy"]
+    assert contract_problems(run) == []
