@@ -83,9 +83,16 @@ def sq_distances_to(x: Tensor, z: Tensor | None = None) -> Tensor:
     """
     n = x.shape[0]
     out = torch.zeros(n, dtype=torch.float64, device=x.device)
+    buf = None  # one difference buffer per call, reused by every chunk
     with chunk_threads(x.device):
         for cols in column_chunks(x):
-            diff = x[:, cols] if z is None else x[:, cols] - z[cols]
+            if z is None:
+                diff = x[:, cols]
+            else:
+                w = cols.stop - cols.start
+                if buf is None:
+                    buf = torch.empty(n * w, dtype=x.dtype, device=x.device)
+                diff = torch.sub(x[:, cols], z[cols], out=buf[:n * w].view(n, w))
             out += torch.linalg.vector_norm(diff, dim=1).to(torch.float64).square()
         redo = ~torch.isfinite(out)
         if bool(redo.any()):
