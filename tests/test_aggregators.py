@@ -381,6 +381,17 @@ def test_gm_matches_weiszfeld_reference(params, method):
     torch.testing.assert_close(out.double(), ref_gm(x, **ref_params), rtol=1e-5, atol=1e-5)
 
 
+def test_gm_from_the_mean_is_exact_when_large_rows_cancel_in_the_mean():
+    """Rows +B and -B leave the mean near the honest rows; its distances to them are O(1), which the
+    Gram form ||mean||^2 - 2<mean, x_i> + ||x_i||^2 loses to cancellation at B = 1e15 (it was 0.82 off)."""
+    x = random_rows(8, 1000, seed=3) * 0.1
+    x[6], x[7] = 1e15, -1e15
+    ref = ref_gm(x, init="mean", nu=1e-5, T=4, ftol=1e-6)  # float64 mean; the rule's float32 mean is 0.03 off
+    gram, direct = (get_aggregator("gm", 8, 2, method=m, preset="rfa")(x).double() for m in ("gram", "direct"))
+    torch.testing.assert_close(gram, direct, rtol=1e-6, atol=1e-6)
+    assert float((gram - ref).norm()) < 0.1 < float((x[:6].double() - ref).norm(dim=1).min())
+
+
 def test_cc_matches_reference_over_rounds_with_l_iterations():
     agg = get_aggregator("cc", 9, 2, tau=1.5, L=3)
     v = torch.zeros(50, dtype=torch.float64)

@@ -95,14 +95,9 @@ class GeometricMedian(Rule):
         diag = torch.diagonal(g)
         if not bool(torch.isfinite(diag).all() and torch.isfinite(norms).all()):  # the registry drops the row
             return x.new_full((x.shape[1],), float("nan"))
-        n = x.shape[0]
-        if self.init == "zeros":
-            sq = norms
-        elif self.init == "mean":
-            w = g.new_full((n,), 1.0 / n)
-            sq = (w @ g @ w - 2.0 * (g @ w) + diag).clamp_(min=0.0)
-        else:
-            sq = sq_distances_to(x, midpoint_median(x))
+        # distances to the starting point, subtracted first: in the Gram form the distances to the mean
+        # cancel catastrophically when large rows offset each other in the mean (+B and -B)
+        sq = norms if self.init == "zeros" else sq_distances_to(x, self._init(x))
         for _ in range(self.T):
             w = self._step(sq)
             sq_new = (w @ g @ w - 2.0 * (g @ w) + diag).clamp_(min=0.0)
