@@ -10,13 +10,13 @@ stateful rule such as CC starts from its initial state inside the search, as in 
 one place where the worker side imports `server.aggregators` (DESIGN.md, "Layout"): the adversary is
 white-box, it knows the rule, never the server's state or which ranks the server trusts.
 
-Sign convention: attack_tau = mu - tau * sigma (ALIE, the project's sign, §5.3; ByzFL writes
-mu + tau * sigma) and -tau * mu (IPM). With knowledge = colluders the k given rows stand in for the
+attack_tau = mu + tau * sigma (ALIE, as ByzFL and §5.5 write it; the fixed ALIE of §5.3 is mu - z sigma)
+and -tau * mu (IPM). With knowledge = colluders the k given rows stand in for the
 honest set: they are repeated cyclically to the h = n - f rows the server would see *(inference:
 the reference code is omniscient only)*.
 
 The search is a heuristic, not a maximiser: it never tries tau < start (for ALIE: the other sign,
-mu + tau sigma) and, once tau = start + delta fails, only probes a shrinking grid above its best
+mu - tau sigma) and, once tau = start + delta fails, only probes a shrinking grid above its best
 point, so a narrow optimum between probes can be missed. A fixed attack can then do better on a
 given round (seen for foe_opt against gm and nnm+cm, and rarely for alie_opt against nnm+cm).
 """
@@ -139,10 +139,10 @@ class LineSearchAttack(Attack):
 
 @register("alie_opt")
 class OptimalALIE(LineSearchAttack):
-    """Optimal ALIE: x_byz = mu - tau* sigma, tau* from the line search (ByzFL; ALGORITHMS.md §5.5)."""
+    """Optimal ALIE: x_byz = mu + tau* sigma, tau* from the line search (ByzFL; ALGORITHMS.md §5.5)."""
 
     def vector(self, tau: float, mu: Tensor, sigma: Tensor) -> Tensor:
-        return mu - sigma * tau
+        return mu + sigma * tau
 
 
 @register("foe_opt")
