@@ -156,16 +156,21 @@ def mimic_variant_reference(rounds, warmup, seed=0):
     return sent
 
 
-def test_mimic_variant_follows_the_reference_and_fixes_its_target_after_warmup():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_mimic_variant_follows_the_reference_and_fixes_its_target_after_warmup(device):
     rounds = [honest_rows(seed=s).double() for s in range(5)]
     expected = mimic_variant_reference(rounds, warmup=2)
+    rounds = [H.to(device) for H in rounds]
     attack = get_attack("mimic", warmup=2)
     sent = []
     for r, H in enumerate(rounds):
-        sent.append(attack(torch.zeros(D), H, ctx(round=r)))
-        if r == 0:  # resume from a checkpoint in the middle of the warm-up
-            state, attack = attack.state_dict(), get_attack("mimic", warmup=2)
+        sent.append(attack(torch.zeros(D, device=device), H, ctx(round=r)).cpu())
+        if r == 0:  # resume from a checkpoint in the middle of the warm-up (checkpoints load on the CPU)
+            state = {k: v.cpu() if torch.is_tensor(v) else v for k, v in attack.state_dict().items()}
+            attack = get_attack("mimic", warmup=2)
             attack.load_state_dict(state)
+    rounds = [H.cpu() for H in rounds]
     targets = [int(torch.nonzero((H == s).all(dim=1))[0]) for H, s in zip(rounds, sent)]
     assert all(torch.equal(a, b) for a, b in zip(sent, expected))
     assert len(set(targets[1:])) == 1  # rows 1.. use the target learnt in the last warm-up round

@@ -54,6 +54,8 @@ class Mimic(Attack):
             self.z = self._step(honest, self.mu, z0)
         else:
             t = self.t
+            # a resumed state was loaded on the CPU; the honest vectors live where the worker computes
+            self.mu, self.z = self.mu.to(avg.device), self.z.to(avg.device)
             self.mu = self.mu * (t / (t + 1)) + avg / (t + 1)
             z = self.z * (t / (t + 1)) + self._step(honest, self.mu, self.z) / (t + 1)
             self.z = z / z.norm()
