@@ -178,7 +178,9 @@ class Server:
             a, counts = self._aggregate(rows)
         with timer("update"):  # server-side weight decay joins the step, not the rule's output `a`
             step = a + self.wd_server * self.fm.params if self.wd_server else a
-            a_norm = apply_update(self.fm.params, step, lr, self.normalize, self.eps)
+            a_norm = apply_update(self.fm.params, step, lr, self.normalize, self.eps)  # ||step||
+            if self.wd_server:  # the logged agg_norm is the rule's output ||a||, as without decay
+                a_norm = float(torch.linalg.vector_norm(a, dtype=torch.float64))
         self.round = t + 1
         row = self._evaluate_if_due()
         if row is None and self.round % self.log_every:

@@ -120,10 +120,11 @@ def test_server_weight_decay_joins_the_step_but_observers_see_the_rules_output()
     srv = server_on(rows, rule="mean", f=0, observers=[lambda t, u, a: seen.append(a.clone()) or {}])
     srv.wd_server = 0.1
     w0 = srv.fm.params.clone()
-    srv.step()
+    row = srv.step()
     a = rows[:, :8].mean(0)
     torch.testing.assert_close(seen[0], a)
     torch.testing.assert_close(srv.fm.params, w0 - 0.5 * (a + 0.1 * w0))
+    assert row["agg_norm"] == pytest.approx(float(a.norm()), rel=1e-6)  # the rule's output, not the step
 
 
 def test_metric_rows_only_every_log_every_rounds():
