@@ -239,11 +239,30 @@ def make_partition(kind: str, labels: Tensor, m: int, seed: int, alpha: float = 
     raise ValueError(f"dataset.partition '{kind}' is unknown; choose iid, dirichlet or shards")
 
 
-def augment_crop_flip(x: Tensor, generator: torch.Generator | None = None, pad: int = 4) -> Tensor:
-    """Random crop with zero padding `pad` and random horizontal flip, batched on x's device (§7.1)."""
-    n, _, h, w = x.shape
+def black_pixel(name: str, channels: int) -> tuple[float, ...]:
+    """The stored (normalised) value of a raw 0 pixel, per channel. torchvision's RandomCrop(padding=4)
+    pads the raw image with 0 before Normalize (§7.1); the data here are stored normalised, so the
+    crop pads with this value instead."""
+    if name == "cifar10":
+        return tuple(-m / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD))
+    if name in ("mnist", "mnist5k"):
+        return (-MNIST_MEAN / MNIST_STD,) * channels
+    if name == "digits":
+        return (-1.0,) * channels  # (0 / 16 - 0.5) / 0.5
+    return (0.0,) * channels  # synthetic: no raw pixels; pad with zeros
+
+
+def augment_crop_flip(x: Tensor, generator: torch.Generator | None = None, pad: int = 4,
+                      fill: tuple[float, ...] | None = None) -> Tensor:
+    """Random crop with padding `pad` (per-channel value `fill`, default 0) and random horizontal flip,
+    batched on x's device (§7.1)."""
+    n, c, h, w = x.shape
     dev = x.device
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    if fill is None or not any(fill):
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    else:
+        padded = torch.tensor(fill, dtype=x.dtype, device=dev).view(1, c, 1, 1).repeat(n, 1, h + 2 * pad, w + 2 * pad)
+        padded[:, :, pad:pad + h, pad:pad + w] = x
     ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
     oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
     flip = (torch.rand(n, generator=generator) < 0.5).to(dev)

@@ -171,6 +171,19 @@ def test_augmentation_is_a_random_crop_of_the_padded_image_or_its_mirror():
     assert len(offsets) > 10 and 16 < flips < 48  # offsets vary over the 25 crops; about half mirrored
 
 
+def test_augmentation_pads_normalised_data_like_torchvision_pads_the_raw_image():
+    """RandomCrop(padding=4) pads raw pixels with 0 (black) before Normalize (ALGORITHMS.md §7.1): cropping
+    the stored normalised batch must give the normalised crop of the zero-padded raw batch."""
+    from common.data import CIFAR10_MEAN, CIFAR10_STD, black_pixel
+
+    raw = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mean, std = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    got = augment_crop_flip((raw - mean) / std, torch.Generator().manual_seed(0), fill=black_pixel("cifar10", 3))
+    want = (augment_crop_flip(raw, torch.Generator().manual_seed(0)) - mean) / std  # same crops and flips
+    torch.testing.assert_close(got, want)
+    assert bool(((want - (0 - mean) / std).abs() < 1e-6).any())  # some pixels are padding, and they are black
+
+
 def test_embedded_dataset_shapes():
     ds = load_dataset("mnist5k")
     assert ds.x_train.shape == (4000, 1, 28, 28) and ds.x_test.shape == (1000, 1, 28, 28)

@@ -9,9 +9,11 @@ from common.data import augment_crop_flip
 
 
 class ShardSampler:
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int, worker: int, augment: bool = False):
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int, worker: int, augment: bool = False,
+                 fill: tuple[float, ...] | None = None):
+        """`fill`: the stored value of a black pixel per channel, which the random crop pads with."""
         self.x, self.y, self.B = x, y, batch_size
-        self.seed, self.worker, self.augment = seed, worker, augment
+        self.seed, self.worker, self.augment, self.fill = seed, worker, augment, fill
         self.rounds_per_epoch = len(y) // batch_size
         self._epoch, self._perm = -1, None
 
@@ -29,5 +31,5 @@ class ShardSampler:
         x, y = self.x.index_select(0, idx), self.y.index_select(0, idx)  # = x[idx], without advanced indexing
         if self.augment:
             g = torch.Generator().manual_seed(self.seed * 7_919 + self.worker * 104_729 + t)
-            x = augment_crop_flip(x, g)
+            x = augment_crop_flip(x, g, fill=self.fill)
         return x, y

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from common import checkpoint
 from common.config import dataset_kwargs, model_kwargs
-from common.data import load_dataset, make_partition
+from common.data import black_pixel, load_dataset, make_partition
 from common.dist import Channel, Heartbeat, Topology
 from common.fault import fault_round, maybe_inject
 from common.flat import H_CKPT, H_ROUND, H_STOP, flatten_model
@@ -62,7 +62,8 @@ class Worker:
         x, y = ds.x_train[idx].to(self.device), ds.y_train[idx].to(self.device)
         if self.is_byzantine and self.attack.flips_labels:
             y = (ds.num_classes - 1) - y  # label flipping: y -> C - 1 - y (ALGORITHMS.md §5.7)
-        self.sampler = ShardSampler(x, y, int(cfg.batch_size), int(cfg.seed), self.index, bool(cfg.dataset.augment))
+        self.sampler = ShardSampler(x, y, int(cfg.batch_size), int(cfg.seed), self.index, bool(cfg.dataset.augment),
+                                    fill=black_pixel(ds.name, ds.input_shape[0]))
         torch.manual_seed(int(cfg.seed))
         model = build_model(cfg.model.name, ds.input_shape, ds.num_classes, **model_kwargs(cfg))
         self.fm = flatten_model(model, self.device)
