@@ -113,6 +113,8 @@ def init(cfg) -> Topology:
     if role == "server" and int(os.environ.get("LOCAL_RANK", 0)) != 0:
         role = "worker"  # BYZ_ROLE=server marks the node: its local rank 0 serves, the others work
     device = pick_device(str(cfg.device))
+    if device.type == "cuda":  # the current device: bare synchronize/autocast calls and NCCL use it
+        torch.cuda.set_device(device)
     me = torch.tensor([{"server": 1, "worker": 0}.get(role, -1), device_key(device)], dtype=torch.int64)
     table = [torch.zeros(2, dtype=torch.int64) for _ in range(world)]
     dist.all_gather(table, me)
@@ -123,6 +125,8 @@ def init(cfg) -> Topology:
     workers = [r for r in range(world) if r != server]
     backend = choose_backend(str(cfg.comm.backend), [int(t[1]) for t in table], dist.is_nccl_available())
     round_timeout = timedelta(seconds=float(cfg.comm.timeout_round_s))
+    if backend == "nccl":  # wait() blocks and raises on timeout, so the server can name silent workers
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
     data_group = dist.new_group(list(range(world)), timeout=round_timeout, backend=backend)
     worker_group = dist.new_group(workers, timeout=round_timeout, backend=backend)
     return Topology(rank, world, server, workers, device, backend, data_group, worker_group)
