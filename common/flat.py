@@ -19,6 +19,12 @@ H_ROUND, H_EPOCH, H_LR, H_STOP, H_CKPT, H_SEED, H_TAU, H_EXTRA = range(8)
 HEADER = 8
 
 
+def write_header(header: Tensor, *slots: float) -> None:
+    """Set the header slots in order (H_ROUND, H_EPOCH, ...; the rest 0) with one copy: single-element
+    writes would each be a blocking host-to-device copy when the buffer lives on a GPU."""
+    header.copy_(torch.tensor([*slots, *[0.0] * (HEADER - len(slots))], dtype=header.dtype))
+
+
 def _float_buffers(model: nn.Module) -> list[Tensor]:
     """BatchNorm running mean/var (floating buffers); integer counters stay local."""
     return [b for b in model.buffers() if b.is_floating_point()]

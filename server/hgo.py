@@ -43,7 +43,7 @@ from common.config import dataset_kwargs, model_kwargs
 from common.data import load_dataset
 from common.dist import Channel, Topology
 from common.fault import maybe_inject
-from common.flat import H_CKPT, H_EPOCH, H_EXTRA, H_LR, H_ROUND, H_SEED, H_STOP, H_TAU, flatten_model
+from common.flat import H_ROUND, flatten_model, write_header
 from common.hgo import (
     R_COMPUTE,
     R_LEN,
@@ -274,10 +274,8 @@ class HGOServer:
         epoch = t // self.rpe
         lr = learning_rate(cfg.schedule.name, float(cfg.lr), epoch, self.schedule_epochs,
                            list(cfg.schedule.milestones), float(cfg.schedule.gamma))
-        h = self.fm.header
-        h.zero_()
-        h[H_ROUND], h[H_EPOCH], h[H_LR], h[H_STOP], h[H_CKPT] = t, epoch, lr, float(stop), 0.0
-        h[H_SEED], h[H_TAU], h[H_EXTRA] = seed, self.tau, self.q
+        # H_ROUND, H_EPOCH, H_LR, H_STOP, H_CKPT, H_SEED, H_TAU, H_EXTRA
+        write_header(self.fm.header, t, epoch, lr, float(stop), 0.0, seed, self.tau, self.q)
         return lr
 
     def _sane(self, block: Tensor) -> bool:

@@ -21,7 +21,7 @@ from common.config import dataset_kwargs, model_kwargs
 from common.data import load_dataset
 from common.dist import Channel, Heartbeat, Topology
 from common.fault import fault_round, maybe_inject
-from common.flat import H_CKPT, H_EPOCH, H_LR, H_ROUND, H_STOP, flatten_model
+from common.flat import flatten_model, write_header
 from common.metrics import TB_NAMES, MetricsLogger, write_summary
 from common.models import build_model
 from common.schedule import learning_rate
@@ -125,10 +125,7 @@ class Server:
     def _header(self, t: int, stop: bool, ckpt: bool) -> float:
         epoch = t // self.rpe
         lr = self.lr_of_epoch(epoch)
-        h = self.fm.header
-        h.zero_()
-        h[H_ROUND], h[H_EPOCH], h[H_LR] = t, epoch, lr
-        h[H_STOP], h[H_CKPT] = float(stop), float(ckpt)
+        write_header(self.fm.header, t, epoch, lr, float(stop), float(ckpt))  # H_ROUND .. H_CKPT
         return lr
 
     def _want_ckpt(self, t: int) -> bool:

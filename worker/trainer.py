@@ -129,7 +129,8 @@ class Worker:
                             aggregator=dict(cfg.aggregator), declared_f=int(cfg.aggregator.f),
                             honest_ranks=tuple(known), knowledge=self.knowledge_mode)
         row, d, k = self.chan.row, self.d, self.k
-        meta = row[d + k:].numpy() if row.device.type == "cpu" else row[d + k:]  # no tensor op on the CPU path
+        # compute seconds and loss: through a NumPy view on the CPU (no tensor op), in one copy on a GPU
+        meta = row[d + k:].numpy() if row.device.type == "cpu" else None
         heartbeat = Heartbeat(self.topo)
         fault_at = fault_round(cfg, self.index)
         dist.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
@@ -159,7 +160,10 @@ class Worker:
                 row[d:d + k].copy_(self.fm.bn)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            meta[0], meta[1] = time.perf_counter() - t0, loss
+            if meta is not None:
+                meta[0], meta[1] = time.perf_counter() - t0, loss
+            else:
+                row[d + k:].copy_(torch.tensor([time.perf_counter() - t0, loss]))
             self.chan.gather()
             heartbeat.sent(t)
         dist.barrier()
