@@ -253,15 +253,16 @@ def black_pixel(name: str, channels: int) -> tuple[float, ...]:
 
 
 def augment_crop_flip(x: Tensor, generator: torch.Generator | None = None, pad: int = 4,
-                      fill: tuple[float, ...] | None = None) -> Tensor:
+                      fill: Tensor | tuple[float, ...] | None = None) -> Tensor:
     """Random crop with padding `pad` (per-channel value `fill`, default 0) and random horizontal flip,
     batched on x's device (§7.1)."""
     n, c, h, w = x.shape
     dev = x.device
-    if fill is None or not any(fill):
+    if fill is None:
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     else:
-        padded = torch.tensor(fill, dtype=x.dtype, device=dev).view(1, c, 1, 1).repeat(n, 1, h + 2 * pad, w + 2 * pad)
+        fill = torch.as_tensor(fill, dtype=x.dtype, device=dev).view(1, c, 1, 1)
+        padded = fill.repeat(n, 1, h + 2 * pad, w + 2 * pad)
         padded[:, :, pad:pad + h, pad:pad + w] = x
     ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
     oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)

@@ -182,6 +182,11 @@ def test_augmentation_pads_normalised_data_like_torchvision_pads_the_raw_image()
     want = (augment_crop_flip(raw, torch.Generator().manual_seed(0)) - mean) / std  # same crops and flips
     torch.testing.assert_close(got, want)
     assert bool(((want - (0 - mean) / std).abs() < 1e-6).any())  # some pixels are padding, and they are black
+    sampler = ShardSampler((raw - mean) / std, torch.zeros(16, dtype=torch.int64), 16, seed=0, worker=1,
+                           augment=True, fill=black_pixel("cifar10", 3))
+    x, _ = sampler.batch(0)
+    black = ((x - (0 - mean) / std).abs() < 1e-6).all(dim=1)  # (n, h, w): every channel black
+    assert x.shape == (16, 3, 32, 32) and bool(black.any())
 
 
 def test_embedded_dataset_shapes():

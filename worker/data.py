@@ -13,7 +13,9 @@ class ShardSampler:
                  fill: tuple[float, ...] | None = None):
         """`fill`: the stored value of a black pixel per channel, which the random crop pads with."""
         self.x, self.y, self.B = x, y, batch_size
-        self.seed, self.worker, self.augment, self.fill = seed, worker, augment, fill
+        self.seed, self.worker, self.augment = seed, worker, augment
+        # made once, on the data's device (a tensor built from Python floats is a copy to the device)
+        self.fill = torch.tensor(fill, dtype=x.dtype, device=x.device) if fill and any(fill) else None
         self.rounds_per_epoch = len(y) // batch_size
         self._epoch, self._perm = -1, None
 
