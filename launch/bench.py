@@ -50,15 +50,28 @@ def machine() -> str:
 
 # ------------------------------------------------------------------------------------- running the system
 
-def run_system(overrides: list[str]) -> tuple[dict, list[dict]]:
-    """Run one job of the real system in a temporary directory; return summary.json and metrics rows."""
+def run_system(overrides: list[str], env: dict[str, str] | None = None) -> tuple[dict, list[dict]]:
+    """Run one job of the real system in a temporary directory; return summary.json and metrics rows.
+    With `env`, the job runs as `python -m launch.run` in a child process with those variables added
+    (e.g. CUDA_VISIBLE_DEVICES: the ranks inherit it; this process's own launcher would not pass it)."""
+    import subprocess
+    import sys
+
     from launch.node import compose
     from launch.run import launch_group, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose([*overrides, f"run.dir={tmp}/run", "log.progress=false", "log.tensorboard=false"])
-        run_dir = prepare(cfg)
-        launch_group(cfg, run_dir)
+        args = [*overrides, f"run.dir={tmp}/run", "log.progress=false", "log.tensorboard=false"]
+        if env:
+            proc = subprocess.run([sys.executable, "-m", "launch.run", *args], cwd=ROOT, env={**os.environ, **env},
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"benchmark job failed: {proc.stderr.strip()[-2000:]}")
+            run_dir = f"{tmp}/run"
+        else:
+            cfg = compose(args)
+            run_dir = prepare(cfg)
+            launch_group(cfg, run_dir)
         with open(os.path.join(run_dir, "summary.json")) as fh:
             summary = json.load(fh)
         with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
@@ -245,7 +258,7 @@ class GpuUtilisation:
     """Samples `nvidia-smi` (GPU busy %, memory used) in a thread while a job runs; `mean()` and
     `peak_mib()` are None where no NVIDIA GPU or tool is present."""
 
-    QUERY = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", "0"]
+    QUERY = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
 
     def __init__(self, period_s: float = 0.25):
         import shutil
@@ -259,10 +272,17 @@ class GpuUtilisation:
         while not self._stop.wait(self.period):
             try:
                 out = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=5).stdout
-                util, mem = (float(v) for v in out.strip().splitlines()[0].split(","))
-            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                gpus = [[float(v) for v in line.split(",")] for line in out.strip().splitlines()]
+            except (OSError, ValueError, subprocess.SubprocessError):
                 continue
-            self.samples.append((util, mem))
+            if gpus:
+                self.samples.append(gpus)  # one (busy %, MiB) pair per GPU
+
+    def _used(self) -> list[int]:
+        """GPUs the job used: those whose memory grew during the samples (all of them if none did)."""
+        n = min(len(s) for s in self.samples)
+        grew = [i for i in range(n) if max(s[i][1] for s in self.samples) > min(s[i][1] for s in self.samples)]
+        return grew or list(range(n))
 
     def __enter__(self) -> GpuUtilisation:
         import threading
@@ -279,10 +299,18 @@ class GpuUtilisation:
             self._thread.join()
 
     def mean(self) -> float | None:
-        return statistics.mean(u for u, _ in self.samples) if self.samples else None
+        """Busy %, averaged over the samples and the GPUs the job used."""
+        if not self.samples:
+            return None
+        used = self._used()
+        return statistics.mean(s[i][0] for s in self.samples for i in used)
 
     def peak_mib(self) -> float | None:
-        return max(m for _, m in self.samples) if self.samples else None
+        """The largest memory in use at one sample, summed over the GPUs the job used."""
+        if not self.samples:
+            return None
+        used = self._used()
+        return max(sum(s[i][1] for i in used) for s in self.samples)
 
 
 def scenario_gpu(quick: bool) -> str:
@@ -292,21 +320,23 @@ def scenario_gpu(quick: bool) -> str:
     sizes = (32, 64, 128, 256, 512, 1024) if on_gpu and not quick else (32, 64)
     rounds = 40 if on_gpu else 6
     n_train = 50000 if on_gpu else 8 * 64 * 4
-    variants = [("gloo, shared device", [])]
+    one_gpu = {"CUDA_VISIBLE_DEVICES": "0"} if on_gpu else None  # all 9 ranks on GPU 0, however many exist
+    variants = [("gloo, shared device", ["comm.backend=gloo"], one_gpu)]
     if on_gpu and not quick:
-        variants.append(("gloo, bf16 + channels_last", ["perf.autocast=bf16", "perf.channels_last=true"]))
+        variants.append(("gloo, bf16 + channels_last", ["comm.backend=gloo", "perf.autocast=bf16",
+                                                        "perf.channels_last=true"], one_gpu))
         if torch.cuda.device_count() >= 9:
-            variants.append(("nccl, one GPU per rank", ["comm.backend=nccl"]))
+            variants.append(("nccl, one GPU per rank", ["comm.backend=nccl"], None))
     lines = ["| B x 8 | device | setup | round ms | rounds/epoch | projected 160 epochs (s) | paper A Table 6 (s) |"
              " ratio | GPU busy % | GPU memory MiB |", "|" + "---|" * 10]
     for B in sizes:
-        for name, extra in variants:
+        for name, extra, env in variants:
             with GpuUtilisation() as gpu:
                 _, rows = run_system(["model=resnet20", "dataset=synthetic", "dataset.shape=[3,32,32]",
                                       f"dataset.n_train={n_train}", "dataset.n_test=1000", "aggregator=cc",
                                       "attack=none", "byzantine.count=0", f"batch_size={B}", "epochs=1000",
                                       f"max_rounds={rounds}", "eval_every=100000", "log.every=2",
-                                      f"device={'cuda' if on_gpu else 'cpu'}", *extra])
+                                      f"device={'cuda' if on_gpu else 'cpu'}", *extra], env=env)
             rt = steady_round_time(rows, skip=4 if not on_gpu else 10)
             rpe = (50000 // 8) // B
             proj = rt * rpe * 160

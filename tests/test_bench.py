@@ -15,6 +15,13 @@ def test_comm_round_moves_rows_on_both_paths():
         assert rt > 0 and server_cpu > 0 and worker_cpu > 0
 
 
+@pytest.mark.e2e  # 1 + 2 processes, started from a child `python -m launch.run` that inherits `env`
+def test_run_system_with_an_environment_runs_the_job_in_a_child_process():
+    summary, rows = bench.run_system(["workers=2", "byzantine.count=0", "attack=none", "max_rounds=3",
+                                      "log.every=1"], env={"BYZ_BENCH_PROBE": "1"})
+    assert summary["rounds_completed"] == 3 and [r["round"] for r in rows] == [1, 2, 3]
+
+
 def test_t_grad_wall_and_cpu_clocks():
     wall = bench.t_grad("logreg", 8, reps=3)
     cpu = bench.t_grad("logreg", 8, reps=3, clock=time.process_time)
@@ -51,3 +58,12 @@ def test_gpu_utilisation_sampler_parses_nvidia_smi(monkeypatch):
         while not gpu.samples and time.time() < deadline:
             time.sleep(0.01)
     assert gpu.mean() == 87.0 and gpu.peak_mib() == 4096.0
+
+
+def test_gpu_utilisation_counts_only_the_gpus_the_job_used():
+    gpu = bench.GpuUtilisation()
+    # GPU 0 and 2 fill up during the job; GPU 1 idles at its resting memory
+    gpu.samples = [[[10, 500], [0, 300], [20, 400]], [[90, 4000], [0, 300], [70, 3000]],
+                   [[80, 4096], [0, 300], [60, 3500]]]
+    assert gpu.mean() == 55.0  # (10 + 90 + 80 + 20 + 70 + 60) / 6
+    assert gpu.peak_mib() == 7596.0  # 4096 + 3500 at the third sample
