@@ -522,12 +522,19 @@ def test_non_finite_row_gives_finite_output_inside_the_honest_rows(name, bad):
 
 
 @pytest.mark.parametrize("pre", PRES)
-@pytest.mark.parametrize("name", ["cm", "krum", "cc"])
-def test_non_finite_row_behind_pre_aggregators_gives_finite_output(pre, name):
+@pytest.mark.parametrize("name", ["cm", "tm", "krum", "cc"])
+def test_non_finite_rows_behind_pre_aggregators_are_dropped_and_f_lowered(pre, name):
     x = random_rows(11, 30, seed=11)
     x[2] = float("nan")
     x[5, 0] = float("inf")
     out = get_aggregator(name, 11, 2, pre=[pre])(x)
+    keep = torch.isfinite(x).all(dim=1)
+    ref = get_aggregator(name, 11, 2, pre=[pre])
+    first = ref.aggregate(x, 2)  # pre-aggregators and rule once, without the fallback (draws bucketing's perm)
+    if bool(torch.isfinite(first).all()):  # e.g. Krum: non-finite rows are infinitely far, never picked
+        torch.testing.assert_close(out, first)
+    else:  # the pipeline again on the 9 finite rows, f lowered by the 2 dropped
+        torch.testing.assert_close(out, ref(x[keep], f=0))
     assert bool(torch.isfinite(out).all())
 
 
@@ -547,8 +554,16 @@ def test_fewer_rows_than_n_with_effective_f(name):
     # the server drops non-finite rows and passes f_eff = max(0, f - dropped): r may be far below n
     agg = _build(name, 11, 2)
     for r, f_eff in [(9, 0), (3, 0), (1, 0)]:
-        out = agg(random_rows(r, 20, seed=r), f=f_eff)
+        x = random_rows(r, 20, seed=r)
+        out = agg(x, f=f_eff)
         assert out.shape == (20,) and bool(torch.isfinite(out).all())
+        if r == 1 and name != "cc":  # one row: every rule returns it (cc moves its centre by at most tau)
+            torch.testing.assert_close(out, x[0])
+    x = random_rows(9, 20, seed=9)
+    if name in ("tm", "meamed", "phocas", "mean", "multikrum"):  # with f = 0 nothing is trimmed: the mean
+        torch.testing.assert_close(_build(name, 11, 2)(x, f=0), x.mean(0), rtol=1e-5, atol=1e-6)
+    if name == "tm":  # and with f = 1 one value per side, not the configured 2
+        torch.testing.assert_close(_build(name, 11, 2)(x, f=1), ref_tm(x, 1).float(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", RULES)
