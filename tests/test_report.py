@@ -107,10 +107,15 @@ def test_delta_table_is_paper_a_table1_layout(grid):
     assert [tn.col_labels[c] for c in tn.cols] == ["δ = 3/8"]
 
 
-def test_time_table_is_mean_wall_seconds(grid):
+def test_time_table_is_mean_wall_seconds(grid, tmp_path):
     t = table_by_title(time_tables(find_runs([str(grid)])), "CC, alie, 3 of 8")
     assert t.value("ByzSGDm", "32×8") == pytest.approx(1000 / 32)
     assert "| ByzSGDm | 31.25s | 15.62s |" in to_markdown(t)
+    own = tmp_path / "own"
+    for name, lr, wall in (("a", 0.1, 10.0), ("b", 1.0, 30.0), ("c", 0.1, 35.0)):  # one cell, three runs
+        make_run(str(own), name, lr=lr, seed=int(wall), wall=wall)
+    t = time_tables(find_runs([str(own)]))[0]
+    assert t.value("ByzSGDm", "32×8") == pytest.approx(25.0)  # (10 + 30 + 35) / 3: not the max, last or a median
 
 
 def test_seeds_are_averaged_per_lr_before_the_max(tmp_path):
