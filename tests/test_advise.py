@@ -21,7 +21,10 @@ def test_rows_follow_eq10_eq11_and_prop2():
         assert r["b_star"] == pytest.approx(theory.b_star(delta=r["delta"], C=C, **p))
         assert r["U_star"] == pytest.approx(theory.U_at_b_star(delta=r["delta"], C=C, **p))
         assert r["b_tilde"] == pytest.approx(theory.b_tilde_star(delta=r["delta"], **p))
-        assert r["b_int"] in (max(int(r["b_star"]), 1), int(r["b_star"]) + 1)
+        cand = [k for k in (int(r["b_star"]), int(r["b_star"]) + 1) if k >= 1]
+        assert r["b_int"] in cand  # the integer neighbour of B* with the smaller bound (paper A, after Prop. 1)
+        assert all(theory.U(r["b_int"], delta=r["delta"], C=C, **p) <= theory.U(k, delta=r["delta"], C=C, **p)
+                   for k in cand)
         assert r["T"] == pytest.approx(C / (r["b_int"] * 8 * (1 - r["delta"])))
     assert [r["b_star"] for r in rows] == sorted(r["b_star"] for r in rows)
     # a non-robust rule (c = None) only has the delta = 0 row
@@ -54,7 +57,12 @@ def test_cli_on_the_default_config(tmp_path, capsys):
     consts = {k: float(re.search(rf"^{k}\s*= ({NUM})", text, re.M).group(1))
               for k in ("sigma\\^2", "L", "F0", "c")}
     sigma2, L, F0, c = consts.values()
-    assert sigma2 > 0 and L > 0 and F0 == pytest.approx(2.30, abs=0.1)  # ln(10) at initialisation
+    assert F0 == pytest.approx(2.30, abs=0.1)  # ln(10) at initialisation
+    from launch.advise import compose_config, measure
+
+    want = measure(compose_config([]), 64, 128)  # the estimators at the same sample sizes
+    for printed, key in ((sigma2, "sigma2"), (L, "L"), (F0, "F0")):
+        assert printed == pytest.approx(want[key], rel=1e-3), key
     rows = {m.group(1): (float(m.group(2)), float(m.group(3)), float(m.group(4)))
             for m in re.finditer(rf"^\s*(0|1/8|1/4|3/8)\s+({NUM})\s+({NUM})\s.*\s({NUM})$", text, re.M)}
     assert set(rows) == {"0", "1/8", "1/4", "3/8"}

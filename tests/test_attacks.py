@@ -198,3 +198,36 @@ def test_hgo_claimed_length_is_honest_unless_lie_length(name):
     assert get_attack(name).claim_length(37, 1000) == 37
     liar = get_attack(name, lie_length=True)
     assert liar.claim_length(37, 1000) == 1000 and liar.resolved()["lie_length"] is True
+
+
+@pytest.mark.parametrize("mode", ["omniscient", "colluders"])
+def test_worker_knowledge_is_the_honest_rows_or_the_colluders_own_momenta(monkeypatch, mode):
+    """Worker.knowledge: the all-gather runs over the group the knowledge model allows (all workers, or
+    the Byzantine workers alone) and hands the attack exactly the rows it may see, in rank order."""
+    from types import SimpleNamespace
+
+    import worker.trainer as wt
+
+    m, byz = 8, [2, 6, 7]  # worker indices 1..8; Byzantine not all last
+    U = torch.randn(m, 5)  # every worker's momentum this round, row k-1 for worker k
+    members = {"all": list(range(1, m + 1)), "colluders": byz}
+
+    def all_gather(out, tensor, group):
+        for t, k in zip(out, members[group], strict=True):
+            t.copy_(U[k - 1])
+
+    monkeypatch.setattr(wt.dist, "all_gather", all_gather)
+    for me in (6, 3):  # a Byzantine worker, then an honest one
+        w = wt.Worker.__new__(wt.Worker)
+        w.exchange, w.knowledge_mode, w.byzantine = True, mode, byz
+        w.is_byzantine, w.honest = me in byz, [k for k in range(1, m + 1) if k not in byz]
+        w.topo, w.u = SimpleNamespace(worker_group="all", colluder_group="colluders"), U[me - 1].clone()
+        w._known = torch.zeros(m if mode == "omniscient" else len(byz), 5)
+        w._known_list = list(w._known.unbind(0))
+        known = w.knowledge()
+        if not w.is_byzantine:
+            assert known is None  # an honest worker takes part in the omniscient gather but gets nothing
+        elif mode == "omniscient":
+            assert torch.equal(known, U[[0, 2, 3, 4, 7]])  # the 5 honest workers 1, 3, 4, 5, 8
+        else:
+            assert torch.equal(known, U[[1, 5, 6]])  # workers 2, 6, 7: their own honest momenta

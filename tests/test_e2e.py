@@ -66,8 +66,9 @@ def test_hydra_override_changes_the_run_and_multirun_sweeps(tmp_path):
 
 
 def test_colluding_byzantine_workers_build_their_own_group_and_attack_with_it(tmp_path):
-    """attack.knowledge=colluders: the 3 Byzantine workers join a group among themselves (no other rank
-    takes part) and ALIE uses their own momenta; the run completes and records the knowledge."""
+    """attack.knowledge=colluders: the 3 Byzantine workers build a group among themselves (no other rank
+    takes part) and the run completes with it and records the knowledge. Which rows the attack then sees
+    is checked in test_attacks.py (test_worker_knowledge_is_the_honest_rows_or_the_colluders_own_momenta)."""
     run = tmp_path / "colluders"
     launch(run, "attack=alie", "attack.knowledge=colluders", "max_rounds=3", "log.every=1", "batch_size=16")
     s = summary(run)

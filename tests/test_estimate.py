@@ -50,6 +50,22 @@ def test_sigma2_subsample_is_unbiased():
     assert se < 0.1 * true_sigma2(model, x, y)
 
 
+def test_sigma2_subsample_formula_is_unbiased_exactly_over_every_subset(monkeypatch):
+    """Averaged over all C(8, 4) subsets of 4 of the N = 8 samples, the estimate equals the population
+    sigma^2 (the finite-population factor (N - 1) / N and 1 / (n - 1) together)."""
+    import itertools
+
+    import common.estimate as est
+
+    model, x, y, _ = least_squares(n=8, d=3, seed=4)
+    subsets = list(itertools.combinations(range(8), 4))
+    got = []
+    for sub in subsets:
+        monkeypatch.setattr(est, "_subsample", lambda n_total, n, seed, sub=sub: torch.tensor(sub))
+        got.append(estimate_sigma2(model, x, y, n_samples=4, loss_fn=squared_loss))
+    assert sum(got) / len(got) == pytest.approx(true_sigma2(model, x, y), rel=1e-10)
+
+
 def test_L_is_the_top_hessian_eigenvalue():
     model, x, y, eig = least_squares()
     assert float(eig.max()) == pytest.approx(9.0)
@@ -79,12 +95,16 @@ def test_per_sample_grads_match_a_loop_on_a_classifier():
         assert torch.allclose(got[i], torch.cat([t.reshape(-1) for t in g]), atol=1e-12)
 
 
-def test_estimators_leave_the_training_mode_alone():
+@pytest.mark.parametrize("training", [True, False])
+def test_estimators_leave_the_training_mode_alone(training):
     model, x, y, _ = least_squares(n=50, d=3)
-    model.train()
+    model.train(training)
     estimate_sigma2(model, x, y, n_samples=10, loss_fn=squared_loss)
+    assert model.training is training
     estimate_L(model, x, y, batch=20, loss_fn=squared_loss)
-    assert model.training
+    assert model.training is training
+    estimate_F0(model, x, y, loss_fn=squared_loss)
+    assert model.training is training
 
 
 def test_robustness_c_table_at_paper_a_setting():

@@ -154,6 +154,14 @@ def test_rates_are_drawn_per_worker_from_the_profile_and_clipped_at_zero():
     mean, std = RATE_TABLES["multinomial"]["weak"]
     positive = torch.tensor(draws)
     assert abs(float(positive.mean()) - mean) < 0.1 * mean  # clipping raises the mean only slightly
+    # every table and profile draws from its own N(mean, std) (paper B §V.A), written out here
+    paper = {("binary", "weak"): (250, 125), ("binary", "average"): (1000, 500), ("binary", "powerful"): (5000, 1000),
+             ("multinomial", "average"): (10000, 2500), ("multinomial", "powerful"): (50000, 5000),
+             ("ffn", "weak"): (5000, 500), ("ffn", "average"): (25000, 2500), ("ffn", "powerful"): (50000, 5000)}
+    for (table, profile), (mu, sd) in paper.items():
+        x = torch.tensor([draw_rate(profile, table, 3, k) for k in range(1, 2001)], dtype=torch.float64)
+        assert abs(float(x.mean()) - mu) < 4 * sd / 2000**0.5, (table, profile)
+        assert float(x.std()) == pytest.approx(sd, rel=0.08), (table, profile)
 
 
 # ------------------------------------------------------------------------------------------ wire

@@ -11,7 +11,7 @@ from common.timing import PhaseTimer
 from launch.oracle import OracleError
 from server.aggregators import get_aggregator
 from server.aggregators.basic import midpoint_median
-from server.trainer import META, Server
+from server.trainer import META, Server, evaluate
 
 
 class RowsChannel:
@@ -146,6 +146,23 @@ def test_evaluation_every_eval_every_epochs_and_at_the_end():
     srv.rpe, srv.eval_every, srv.total_rounds = 2, 2, 9  # epochs of 2 rounds; evaluate every 2nd epoch
     srv.x_test, srv.y_test = torch.randn(5, 2), torch.tensor([0, 1, 0, 1, 1])
     srv.best_acc, srv.last_eval = 0.0, (math.nan, math.nan)
-    evaluated = [row["round"] for row in (srv.step() for _ in range(9)) if "test_accuracy" in row]
-    assert evaluated == [4, 8, 9]
-    assert 0.0 <= srv.last_eval[0] <= 1.0 and srv.best_acc >= srv.last_eval[0]
+    rows = [row for row in (srv.step() for _ in range(9)) if "test_accuracy" in row]
+    assert [r["round"] for r in rows] == [4, 8, 9]
+    for r in rows:  # evaluated on the weights after that round's update; recomputed here
+        assert r["test_accuracy"] in {k / 5 for k in range(6)}
+    acc, loss = evaluate(srv.fm.model, srv.x_test, srv.y_test)
+    # (the BatchNorm variances here are random rows' medians, some negative: the loss may be NaN)
+    assert (rows[-1]["test_accuracy"], rows[-1]["test_loss"]) == pytest.approx((acc, loss), nan_ok=True)
+    assert srv.best_acc == max(r["test_accuracy"] for r in rows)
+
+
+def test_evaluate_is_accuracy_and_mean_cross_entropy_in_batches():
+    model = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # logits = x: class = the larger coordinate
+    x = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [1.0, 4.0], [0.5, 0.0]])
+    y = torch.tensor([0, 1, 1, 1, 1])  # rows 0, 1, 3 right; 2 and 4 wrong
+    expected_loss = float(torch.nn.functional.cross_entropy(x, y))  # mean over the 5 samples
+    model.train()
+    assert evaluate(model, x, y, batch=2) == pytest.approx((0.6, expected_loss))
+    assert model.training  # back in training mode

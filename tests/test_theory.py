@@ -103,6 +103,16 @@ def test_b_tilde_star_minimises_eq16_and_eq17_is_its_value():
         assert theory.U_tilde_at_b_tilde_star(**p) == pytest.approx(theory.U_tilde(bt, **p), rel=1e-12)
 
 
+def test_byzsgdnm_hand_computed_case_with_byzantine_workers():
+    """Prop. 2 written out at sigma^2 = 35, L = 5, F0 = 2.3, c = 1, m = 8, delta = 1/8, C = 35000:
+    2 c m delta (1 - delta) = 1.75, so the Byzantine factor is sqrt(1.75) + 1."""
+    s = math.sqrt(1.75) + 1.0
+    bt = 9 * s**1.5 * 35.0 / (80 * 8 * (7 / 8) * 5.0 * 2.3)
+    assert theory.b_tilde_star(35.0, 5.0, 2.3, 1.0, 0.125, 8) == pytest.approx(bt, rel=1e-12)
+    eq17 = 6 * s**0.5 * (5 * 5.0 * 2.3 * 35.0) ** 0.25 / 35000**0.25 + 18 * s**0.75 * math.sqrt(35.0) / math.sqrt(35000)
+    assert theory.U_tilde_at_b_tilde_star(35.0, 5.0, 2.3, 1.0, 0.125, 8, 35000) == pytest.approx(eq17, rel=1e-12)
+
+
 def test_T_of_budget():
     assert theory.T_of(32, 8, 0.375, 160 * 50000 * 0.625) == pytest.approx(160 * 50000 / (32 * 8))
 
