@@ -177,20 +177,28 @@ FAILED_JOBS: list[str] = []
 
 def cli(argv: list[str] | None = None) -> None:
     """Check that the overrides compose (one-line errors; for a sweep, every value of its grid, see
-    `_probe_jobs`), then hand over to hydra's main. A sweep exits 1 when any job was refused or failed."""
+    `_probe_jobs`, also through the field checks), then hand over to hydra's main. A sweep exits 1 when
+    any job was refused or failed."""
     args = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in args if a.startswith("-")]
     sweep = any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args)
     if not flags or flags == [a for a in args if a in ("-m", "--multirun")]:
         from launch.node import compose
+        from launch.validate import validate
 
         plain = [a for a in args if not a.startswith("-") and not a.startswith("hydra.")]
-        try:
-            for job in _probe_jobs(plain) if sweep else [plain]:
-                compose(job)
-        except Exception as e:  # noqa: BLE001 - hydra raises several exception types for user errors
-            print(f"error: {composition_error(e)}", file=sys.stderr)
-            sys.exit(2)
+        for job in _probe_jobs(plain) if sweep else [plain]:
+            try:
+                cfg = compose(job)
+            except Exception as e:  # noqa: BLE001 - hydra raises several exception types for user errors
+                print(f"error: {composition_error(e)}", file=sys.stderr)
+                sys.exit(2)
+            if sweep:  # every value of the grid passes the field checks before the first job starts
+                try:
+                    validate(cfg)
+                except ConfigError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    sys.exit(2)
     main()
     if FAILED_JOBS:
         print(f"error: {len(FAILED_JOBS)} job(s) of the sweep were refused or failed: {', '.join(FAILED_JOBS)}",

@@ -80,10 +80,12 @@ def test_gpu_settings_are_refused_where_no_gpu_is_visible():
 
 
 def test_hydra_mode_multirun_is_a_sweep_too(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "launch.run", "hydra.mode=MULTIRUN", "lr=-1,0",
+    proc = subprocess.run([sys.executable, "-m", "launch.run", "hydra.mode=MULTIRUN", "lr=0.1,-1",
                            f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == 1 and "error: 2 job(s) of the sweep were refused or failed: 0, 1" in proc.stderr
+    # the grid's second value is checked before the first job: nothing ran
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: lr=-1 must be > 0"
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_sweep_probes_cover_every_value_once():
@@ -104,11 +106,16 @@ def test_a_sweep_with_refused_jobs_exits_non_zero_and_a_bad_value_anywhere_stops
                                f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
 
-    proc = cli("lr=-1,0")
-    assert proc.returncode == 1
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert errors == ["error: lr=-1 must be > 0", "error: lr=0 must be > 0",
-                      "error: 2 job(s) of the sweep were refused or failed: 0, 1"]
+    proc = cli("lr=0.1,-1", "batch_size=16,3000")  # field limits of every value, before the first job
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: lr=-1 must be > 0"
+    proc = cli("lr=0.1", "batch_size=16,3000")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: batch_size=3000 exceeds the shard size")
+    assert not (tmp_path / "sweep").exists()
+    if not torch.cuda.is_available():  # refused where the ranks would start: each job, then exit 1
+        proc = cli("device=cuda", "seed=0,1")
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert proc.returncode == 1 and len(errors) == 3 and "no CUDA device" in errors[0]
+        assert errors[2] == "error: 2 job(s) of the sweep were refused or failed: 0, 1"
     proc = cli("aggregator=cm,foo")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: aggregator='foo' is unknown; choose one of [aksel, bulyan, cc, cm, gm, krum, meamed, mean, "
