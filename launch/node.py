@@ -2,7 +2,8 @@
 that `launch.run` starts on every local rank.
 
 Every rank composes the same config; the run directory must come from config (`run.dir=...`), never
-from a per-process timestamp. Only the server writes outputs; workers stay quiet.
+from a per-process timestamp. Only the server writes the run's outputs (config, metrics, summary,
+TensorBoard); every rank writes its own checkpoint file.
 """
 from __future__ import annotations
 

@@ -82,10 +82,20 @@ def launch_group(cfg: DictConfig, run_dir: str) -> None:
 
 
 def failure_line(err: BaseException) -> str:
+    """One line for FAILED and the terminal: every failed rank, earliest first, with the last line of its
+    error (the launcher's error record holds it as {"message": ..., "extraInfo": {traceback}}). The
+    launcher's timestamps are whole seconds, so the root cause need not come first: a crashed worker
+    and the server that lost it fail in the same second."""
     failures = getattr(err, "failures", None) or {}
-    for _, f in sorted(failures.items()):
-        msg = f.message if isinstance(f.message, str) else json.dumps(f.message)[:300]
-        return f"rank {f.local_rank} failed (exit {f.exitcode}): {msg.strip().splitlines()[-1] if msg else ''}"
+    parts = []
+    for _, f in sorted(failures.items(), key=lambda kv: (getattr(kv[1], "timestamp", 0), kv[0])):
+        msg = f.message
+        if isinstance(msg, dict):
+            msg = msg.get("message") or json.dumps(msg)[:300]
+        lines = [ln.strip() for ln in str(msg or "").splitlines() if ln.strip()]
+        parts.append(f"rank {f.local_rank} failed (exit {f.exitcode}): {lines[-1] if lines else 'no message'}")
+    if parts:
+        return " | ".join(parts)
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 

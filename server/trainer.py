@@ -201,9 +201,11 @@ class Server:
                 rows = self.chan.gather()
         except RuntimeError as e:
             late = self.heartbeat.missing(t)
-            log.error("round %d failed after %.1f s: no answer from worker(s) %s (%s)", t,
-                      time.perf_counter() - t0, late or "?", str(e).strip().splitlines()[0][:200])
-            raise
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            line = (f"round {t} failed after {time.perf_counter() - t0:.1f} s: no answer from worker(s) "
+                    f"{late or '?'} ({cause})")
+            log.error("%s", line)
+            raise RuntimeError(line) from e  # the launcher's FAILED file quotes this line
         self.bytes_received += rows.numel() * rows.element_size()
         return rows
 

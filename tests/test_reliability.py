@@ -54,6 +54,21 @@ def test_hung_worker_times_out_restarts_and_completes(tmp_path):
 
 
 @pytest.mark.e2e
+def test_a_run_out_of_restarts_writes_failed_with_the_ranks_error_and_exits_1(tmp_path):
+    run = tmp_path / "gives_up"
+    proc = launch(run, "workers=3", "byzantine.count=0", "attack=none", "max_rounds=10", "fault.kind=raise",
+                  "fault.rank=2", "fault.round=2", "run.max_restarts=0", check=False)
+    assert proc.returncode == 1
+    line = (run / "FAILED").read_text()
+    assert line.count("\n") == 1 and f"error: run failed after 0 restart(s): {line.strip()}" in proc.stderr
+    # the launcher reports the ranks it saw fail: worker 2 with its own error, or the server that lost it
+    # in the same moment and names it (or both)
+    assert ("rank 2 failed (exit 1): RuntimeError: injected fault at round 2 on rank 2" in line
+            or "rank 0 failed (exit 1): RuntimeError: round 2 failed after" in line
+            and "no answer from worker(s) [2]" in line), line
+
+
+@pytest.mark.e2e
 def test_nan_rows_are_excluded_and_cost_under_two_points(tmp_path):
     accs = {}
     for attack in ("none", "nan"):

@@ -120,3 +120,19 @@ def test_a_sweep_with_refused_jobs_exits_non_zero_and_a_bad_value_anywhere_stops
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: aggregator='foo' is unknown; choose one of [aksel, bulyan, cc, cm, gm, krum, meamed, mean, "
         "multikrum, phocas, tm]"]
+
+
+def test_failure_line_quotes_every_failed_ranks_error_not_its_record():
+    from types import SimpleNamespace
+
+    from launch.run import failure_line
+
+    record = {"message": "RuntimeError: round 2 failed after 2.0 s: no answer from worker(s) [2] (timeout)",
+              "extraInfo": {"py_callstack": "Traceback (most recent call last):\n  File ...", "timestamp": "1"}}
+    err = SimpleNamespace(failures={3: SimpleNamespace(local_rank=3, exitcode=-9, message="", timestamp=12),
+                                    0: SimpleNamespace(local_rank=0, exitcode=1, message=record, timestamp=10)})
+    assert failure_line(err) == ("rank 0 failed (exit 1): RuntimeError: round 2 failed after 2.0 s: no answer "
+                                 "from worker(s) [2] (timeout) | rank 3 failed (exit -9): no message")
+    err.failures[3].timestamp = 9  # the earliest failure first, not the lowest rank
+    assert failure_line(err).startswith("rank 3 failed (exit -9): no message | rank 0 failed (exit 1): ")
+    assert failure_line(RuntimeError("first\nsecond")) == "first"
