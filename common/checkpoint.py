@@ -59,11 +59,20 @@ def _manifest_path(run_dir: str) -> str:
 
 
 def read_manifest(run_dir: str) -> dict[str, Any]:
+    """The manifest ({"complete": [rounds], ...}); none yet means no consistent round. A damaged one is an
+    error, not "no checkpoint": starting over would drop the run's metrics (it is written atomically, so
+    only something outside the run can damage it)."""
+    path = _manifest_path(run_dir)
     try:
-        with open(_manifest_path(run_dir)) as fh:
-            return json.load(fh)
-    except (FileNotFoundError, json.JSONDecodeError):
+        with open(path) as fh:
+            man = json.load(fh)
+    except FileNotFoundError:
         return {"complete": []}
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"{path} is unreadable ({e}); restore it or remove the checkpoints to start over") from None
+    if not isinstance(man, dict) or not all(isinstance(r, int) for r in man.get("complete", [])):
+        raise RuntimeError(f"{path} is not a checkpoint manifest; restore it or remove the checkpoints to start over")
+    return man
 
 
 def latest_round(run_dir: str) -> int | None:

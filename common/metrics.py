@@ -21,7 +21,8 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_round + 1 if start_round else None)
+            # purge from the first round not yet done, also at 0: a restart without a checkpoint
+            self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_round + 1)
 
     def _truncate(self, start_round: int) -> None:
         if not os.path.exists(self.path):

@@ -149,7 +149,9 @@ def load_run(path: str) -> Run:
                     continue
                 if isinstance(row, dict):
                     metrics.append(row)
-    if not summary:
+    if os.path.exists(os.path.join(path, "FAILED")):  # launch.run gave up (this outranks any summary.json)
+        problems.insert(0, f"FAILED: {_last_line(os.path.join(path, 'FAILED'))[:200] or 'no reason recorded'}")
+    elif not summary:
         last = _last_line(os.path.join(path, "run.log"))
         if last:
             problems.append(f"run.log: {last[:160]}")

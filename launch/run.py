@@ -49,6 +49,18 @@ def prepare(cfg: DictConfig, default_dir: str | None = None) -> str:
     return cfg.run.dir
 
 
+def save_text(path: str, text: str) -> None:
+    """Write a small file atomically (a crash or a full disk leaves the old file or none, never half)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def save_config(cfg: DictConfig, path: str) -> None:
     """Write the resolved config atomically (a crash leaves the old file or the new one, never half)."""
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -111,15 +123,18 @@ def main(cfg: DictConfig) -> float | None:
             return None
         sys.exit(2)
     failed = os.path.join(run_dir, "FAILED")
-    if os.path.exists(failed):  # an earlier attempt's verdict; this attempt writes its own
-        os.remove(failed)
+    for stale in (failed, os.path.join(run_dir, "summary.json")):  # an earlier attempt's verdict or
+        if os.path.exists(stale):  # result: this attempt writes its own (a resumed run rewrites the summary)
+            os.remove(stale)
     try:
         launch_group(cfg, run_dir)
     except Exception as e:  # noqa: BLE001 - a failed job is reported in one line; a sweep goes on
         line = failure_line(e)
         print(f"error: run failed after {cfg.run.max_restarts} restart(s): {line}", file=sys.stderr)
-        with open(failed, "w") as fh:
-            fh.write(line + "\n")
+        try:
+            save_text(failed, line + "\n")
+        except OSError as err:  # a full disk or a lost run.dir: the line above is the record
+            print(f"error: could not write {failed} ({err.strerror or err})", file=sys.stderr)
         if multirun:
             FAILED_JOBS.append(str(HydraConfig.get().job.num))
             return None

@@ -312,7 +312,10 @@ def check_resume_config(cfg: DictConfig, run_dir: str) -> None:
     from common import checkpoint
 
     saved = os.path.join(run_dir, "config.yaml")
-    rnd = checkpoint.latest_round(run_dir)
+    try:
+        rnd = checkpoint.latest_round(run_dir)
+    except RuntimeError as e:  # a damaged manifest: say so instead of starting the run over
+        raise ConfigError(f"run.dir={run_dir}: {e}") from None
     ran = rnd is not None or any(os.path.exists(os.path.join(run_dir, f)) for f in ("metrics.jsonl", "summary.json"))
     if not ran or not os.path.isfile(saved):
         return
@@ -333,3 +336,7 @@ def check_resume_config(cfg: DictConfig, run_dir: str) -> None:
         held = f"checkpointed at round {rnd}" if rnd is not None else "(not checkpointed)"
         raise ConfigError(f"run.dir={run_dir} holds a run {held} with {k}={old.get(k)!r}, not {new.get(k)!r}"
                           f"{more}: rerun it with its settings or choose a new run.dir")
+    limit = new.get("max_rounds")
+    if rnd is not None and isinstance(limit, int) and limit < rnd:  # a run cannot go back to an earlier round
+        raise ConfigError(f"max_rounds={limit} is below round {rnd}, where run.dir={run_dir} is checkpointed: "
+                          f"a resumed run can only go on (raise max_rounds or choose a new run.dir)")

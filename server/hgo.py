@@ -311,7 +311,7 @@ class HGOServer:
         from torch.utils.tensorboard import SummaryWriter
 
         start = int(round(self.logical_time))
-        return SummaryWriter(os.path.join(self.run_dir, "tb", "logical_time"), purge_step=start + 1 if start else None)
+        return SummaryWriter(os.path.join(self.run_dir, "tb", "logical_time"), purge_step=start + 1)
 
     def run(self, summary_extra: dict | None = None) -> dict:
         """Train for hgo.rounds rounds (resuming from the latest checkpoint); write summary.json."""

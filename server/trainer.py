@@ -183,7 +183,8 @@ class Server:
         if row is None and self.round % self.log_every:
             return None
         losses = rows[:, d + k + 1][torch.isfinite(rows[:, d + k + 1])]
-        row = {"round": self.round, "epoch": self.round / self.rpe, "time": time.perf_counter() - self.t_start,
+        row = {"round": self.round, "epoch": self.round / self.rpe,
+               "time": self.wall_before + time.perf_counter() - self.t_start,  # over every attempt
                "lr": lr, "agg_norm": a_norm, "train_loss": float(losses.median()) if len(losses) else None,
                "round_time": time.perf_counter() - t0,
                **{f"t_{p}": timer.last.get(p, 0.0) for p in ("compute", "communication", "aggregation", "update")},

@@ -40,13 +40,23 @@ def test_only_the_latest_keep_rounds_stay_on_disk(tmp_path):
                                                                        "round_00000040"]
 
 
-def test_no_manifest_or_an_unreadable_one_means_a_fresh_start(tmp_path):
+def test_no_manifest_means_a_fresh_start_and_a_damaged_one_is_an_error(tmp_path):
+    from common.config import ConfigError
+    from launch.validate import check_resume_config
+
     assert checkpoint.latest_round(str(tmp_path)) is None
     assert checkpoint.resume(str(tmp_path), "server", lambda s: pytest.fail("nothing to load")) is None
     os.makedirs(checkpoint.ckpt_root(str(tmp_path)))
-    with open(os.path.join(checkpoint.ckpt_root(str(tmp_path)), "manifest.json"), "w") as fh:
-        fh.write('{"complete": [1')  # torn
-    assert checkpoint.latest_round(str(tmp_path)) is None
+    path = os.path.join(checkpoint.ckpt_root(str(tmp_path)), "manifest.json")
+    for damaged in ('{"complete": [1', '["not", "a", "manifest"]', '{"complete": ["x"]}'):
+        with open(path, "w") as fh:
+            fh.write(damaged)
+        # starting over would drop the run's metrics: refuse, in one line where the run starts
+        with pytest.raises(RuntimeError, match="manifest.json .*(unreadable|not a checkpoint manifest)"):
+            checkpoint.latest_round(str(tmp_path))
+        with pytest.raises(ConfigError, match=r"^run.dir=.*manifest.json") as e:
+            check_resume_config(None, str(tmp_path))
+        assert "\n" not in str(e.value)
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
@@ -88,6 +98,22 @@ def test_tensorboard_gets_numeric_fields_under_their_tags(tmp_path):
     acc.Reload()
     assert sorted(acc.Tags()["scalars"]) == ["lr", "test/acc"]
     assert [(e.step, e.value) for e in acc.Scalars("test/acc")] == [(3, 0.5)]
+
+
+def test_tensorboard_restart_without_a_checkpoint_drops_the_first_attempts_events(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = MetricsLogger(str(tmp_path), tensorboard=True)
+    for r in (1, 2, 3):  # the first attempt, killed before any checkpoint
+        log.log({"round": r, "lr": 0.1})
+    log.close()
+    log = MetricsLogger(str(tmp_path), start_round=0, tensorboard=True)  # the restart begins at round 0
+    for r in (1, 2):
+        log.log({"round": r, "lr": 0.2})
+    log.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("lr")] == [(1, pytest.approx(0.2)), (2, pytest.approx(0.2))]
 
 
 def test_summary_merges_nested_sections(tmp_path):

@@ -55,16 +55,23 @@ def test_hung_worker_times_out_restarts_and_completes(tmp_path):
 
 @pytest.mark.e2e
 def test_a_run_out_of_restarts_writes_failed_with_the_ranks_error_and_exits_1(tmp_path):
+    from launch.report import load_run
+
     run = tmp_path / "gives_up"
-    proc = launch(run, "workers=3", "byzantine.count=0", "attack=none", "max_rounds=10", "fault.kind=raise",
-                  "fault.rank=2", "fault.round=2", "run.max_restarts=0", check=False)
+    base = ["workers=3", "byzantine.count=0", "attack=none", "log.every=1"]
+    launch(run, *base, "max_rounds=2")  # a finished run, then a longer resume of it that fails
+    assert summary(run)["rounds_completed"] == 2
+    proc = launch(run, *base, "max_rounds=10", "fault.kind=raise", "fault.rank=2", "fault.round=4",
+                  "run.max_restarts=0", check=False)
     assert proc.returncode == 1
+    assert not (run / "summary.json").exists()  # the first run's summary is not this run's result
+    assert not load_run(str(run)).ok and load_run(str(run)).reason.startswith("FAILED: ")
     line = (run / "FAILED").read_text()
     assert line.count("\n") == 1 and f"error: run failed after 0 restart(s): {line.strip()}" in proc.stderr
     # the launcher reports the ranks it saw fail: worker 2 with its own error, or the server that lost it
     # in the same moment and names it (or both)
-    assert ("rank 2 failed (exit 1): RuntimeError: injected fault at round 2 on rank 2" in line
-            or "rank 0 failed (exit 1): RuntimeError: round 2 failed after" in line
+    assert ("rank 2 failed (exit 1): RuntimeError: injected fault at round 4 on rank 2" in line
+            or "rank 0 failed (exit 1): RuntimeError: round 4 failed after" in line
             and "no answer from worker(s) [2]" in line), line
 
 
@@ -148,6 +155,8 @@ def test_resuming_a_checkpointed_run_with_another_configuration_is_refused(tmp_p
         prepare(compose(["aggregator=krum", "max_rounds=20", f"run.dir={run}"]))
     with pytest.raises(ConfigError, match=r"seed=0, not 3"):
         prepare(compose(["aggregator=cm", "seed=3", f"run.dir={run}"]))
+    with pytest.raises(ConfigError, match=r"^max_rounds=5 is below round 10, where run.dir=.* is checkpointed"):
+        prepare(compose(["aggregator=cm", "max_rounds=5", f"run.dir={run}"]))
     assert (run / "config.yaml").read_text() == saved  # a refused resume writes nothing
     # a longer run, other logging or checkpoint cadence: the same training, resumed
     again = prepare(compose(["aggregator=cm", "max_rounds=40", "checkpoint.every=5", "log.every=2", f"run.dir={run}"]))

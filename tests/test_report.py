@@ -155,11 +155,15 @@ def test_failed_jobs_are_listed_not_fatal(tmp_path):
     assert "final_test_accuracy" in runs["noacc"].reason
     assert "run.log: batch_size=64 must be <= 50" in runs["hydra_job"].reason
     assert runs["hydra_job"].config["batch_size"] == 64
+    make_run(str(tmp_path), "gave_up", acc=0.9)  # a summary of an earlier attempt, then a failed resume
+    (tmp_path / "gave_up" / "FAILED").write_text("rank 1 failed (exit 1): RuntimeError: boom\n")
+    run = load_run(str(tmp_path / "gave_up"))
+    assert not run.ok and run.reason.startswith("FAILED: rank 1 failed (exit 1): RuntimeError: boom")
     assert main([str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
-    assert "5 run directories" in md and "1 finished, 4 failed" in md
+    assert "6 run directories" in md and "1 finished, 5 failed" in md
     failed = md.split("## Failed runs")[1]
-    for name in ("crashed", "cut", "noacc", "hydra_job"):
+    for name in ("crashed", "cut", "noacc", "hydra_job", "gave_up"):
         assert f"| {name} |" in failed
     assert "<= 50 \\| shard" in failed  # a '|' in a reason cannot break the table
     assert "| ByzSGDm + CC | 90.00% | 90.00% |" in md

@@ -38,6 +38,7 @@ def server_on(rows, rule="cm", f=1, observers=(), normalize=False, lr=0.5):
     srv.chan, srv.heartbeat, srv.observers = RowsChannel(rows), None, list(observers)
     srv.agg = get_aggregator(rule, rows.shape[0], f)
     srv.timer, srv.round, srv.t_start, srv.bytes_received = PhaseTimer(), 0, 0.0, 0
+    srv.wall_before = 0.0
     srv.counts = {"excluded_nonfinite": 0, "excluded_huge": 0, "rows_zero": 0}
     srv.max_abs, srv.fault_round, srv.ckpt_every, srv.log_every = 1e20, -1, 0, 1
     srv.rpe, srv.total_rounds, srv.eval_every = 1000, 10**6, 1
@@ -125,6 +126,15 @@ def test_server_weight_decay_joins_the_step_but_observers_see_the_rules_output()
     torch.testing.assert_close(seen[0], a)
     torch.testing.assert_close(srv.fm.params, w0 - 0.5 * (a + 0.1 * w0))
     assert row["agg_norm"] == pytest.approx(float(a.norm()), rel=1e-6)  # the rule's output, not the step
+
+
+def test_the_time_column_counts_the_wall_time_of_earlier_attempts():
+    import time
+
+    srv = server_on(make_rows(), rule="mean", f=0)
+    srv.wall_before, srv.t_start = 100.0, time.perf_counter()  # restored from a checkpoint
+    row = srv.step()
+    assert 100.0 <= row["time"] < 160.0
 
 
 def test_metric_rows_only_every_log_every_rounds():

@@ -1,5 +1,6 @@
 """Bad input is refused before any process starts, with one line naming the field and its limit
 (in-process: compose + validate, as `launch.run` and `launch.node` do)."""
+import os
 import subprocess
 import sys
 
@@ -120,6 +121,16 @@ def test_a_sweep_with_refused_jobs_exits_non_zero_and_a_bad_value_anywhere_stops
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: aggregator='foo' is unknown; choose one of [aksel, bulyan, cc, cm, gm, krum, meamed, mean, "
         "multikrum, phocas, tm]"]
+
+
+def test_save_text_is_atomic_and_leaves_no_temporary_when_it_fails(tmp_path):
+    from launch.run import save_text
+
+    save_text(str(tmp_path / "FAILED"), "line\n")
+    assert (tmp_path / "FAILED").read_text() == "line\n" and os.listdir(tmp_path) == ["FAILED"]
+    with pytest.raises(OSError):
+        save_text(str(tmp_path / "gone" / "FAILED"), "line\n")  # the folder is missing
+    assert os.listdir(tmp_path) == ["FAILED"]
 
 
 def test_failure_line_quotes_every_failed_ranks_error_not_its_record():
