@@ -20,6 +20,8 @@ NUM_CLASSES = {"mnist5k": 10, "digits": 10, "mnist": 10, "cifar10": 10}
 INPUT_SHAPES = {"mnist5k": (1, 28, 28), "digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 FAULTS = ("none", "kill", "stop", "raise")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: seeds feed torch.manual_seed and numpy's generators (64-bit); timeouts become C ints of milliseconds
+SEED_MAX, TIMEOUT_MAX_S = 2**63 - 1, 10**6
 
 
 class ConfigError(ValueError):
@@ -131,7 +133,14 @@ def check_fields(cfg: Mapping) -> None:
             raise ConfigError(f"byzantine.ranks={ranks} must be distinct and fewer than workers={m}")
     _choice(cfg, "byzantine.placement", ("last", "random"))
     _choice(cfg, "algorithm.name", ALGORITHMS)
+    if _get(cfg, "algorithm.normalize") is not None:
+        _bool(cfg, "algorithm.normalize")
+    if _get(cfg, "algorithm.eps") is not None:
+        _num(cfg, "algorithm.eps", 0, lo_open=True)
     _choice(cfg, "dataset.name", DATASETS)
+    root = _get(cfg, "dataset.root")
+    if root is not None and not isinstance(root, str):
+        raise ConfigError(f"dataset.root={root!r} must be a path")
     _choice(cfg, "dataset.partition", ("iid", "dirichlet", "shards"))
     _num(cfg, "dataset.alpha", 0, lo_open=True)
     if _get(cfg, "dataset.name") == "synthetic":
@@ -139,7 +148,8 @@ def check_fields(cfg: Mapping) -> None:
         _int(cfg, "dataset.n_train", 1)
         _int(cfg, "dataset.n_test", 1)
         _int_list(cfg, "dataset.shape", 1)
-    _int(cfg, "dataset.classes_per_worker", 1)  # shards: pieces per worker, any number works
+    # shards: pieces per worker; more pieces than samples per worker cannot be cut
+    _int(cfg, "dataset.classes_per_worker", 1, max(1, train_size(cfg) // m))
     for key in ("dataset.augment", "dataset.download"):
         if _get(cfg, key) is not None:
             _bool(cfg, key)
@@ -158,7 +168,7 @@ def check_fields(cfg: Mapping) -> None:
     _num(cfg, "schedule.gamma", 0, lo_open=True)
     if _get(cfg, "schedule.milestones") is not None:
         _int_list(cfg, "schedule.milestones", 0, increasing=True)
-    _int(cfg, "seed", 0)
+    _int(cfg, "seed", 0, SEED_MAX)
     _choice(cfg, "device", ("cpu", "cuda", "auto"))
     _int(cfg, "eval_every", 1)
     _choice(cfg, "comm.backend", ("auto", "gloo", "nccl"))
@@ -166,8 +176,11 @@ def check_fields(cfg: Mapping) -> None:
     if not isinstance(addr, str) or not addr.strip():
         raise ConfigError(f"comm.master_addr={addr!r} must be a host name or an IP address")
     _int(cfg, "comm.master_port", 0, 65535)
-    _num(cfg, "comm.timeout_start_s", 1)
-    _num(cfg, "comm.timeout_round_s", 1)
+    _num(cfg, "comm.timeout_start_s", 1, TIMEOUT_MAX_S)
+    _num(cfg, "comm.timeout_round_s", 1, TIMEOUT_MAX_S)
+    run_dir = _get(cfg, "run.dir")
+    if run_dir is not None and not isinstance(run_dir, str):
+        raise ConfigError(f"run.dir={run_dir!r} must be a path")
     _int(cfg, "run.max_restarts", 0)
     _int(cfg, "checkpoint.every", 0)
     _int(cfg, "checkpoint.keep", 1)
@@ -180,7 +193,10 @@ def check_fields(cfg: Mapping) -> None:
     _num(cfg, "filter.max_abs", 0, lo_open=True, optional=True, allow_inf=True)
     _choice(cfg, "fault.kind", FAULTS)
     _int(cfg, "fault.rank", 0, m)
-    _int(cfg, "fault.round", 0)
+    fault_round = _int(cfg, "fault.round", 0)
+    limit = _get(cfg, "max_rounds")
+    if _get(cfg, "fault.kind") != "none" and isinstance(limit, int) and fault_round >= limit:
+        raise ConfigError(f"fault.round={fault_round} is never reached: rounds are 0..{limit - 1} (max_rounds={limit})")
     if _get(cfg, "perf") is not None:
         _choice(cfg, "perf.autocast", ("none", "bf16"))
         _bool(cfg, "perf.channels_last")

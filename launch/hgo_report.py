@@ -45,7 +45,11 @@ def _check_group(label: str, dirs: list[str]) -> str | None:
         for name in ("summary.json", "metrics.jsonl"):
             if not os.path.isfile(os.path.join(d, name)):
                 return f"{d}: no {name} (not a finished run directory)"
-        if "b_i_mean" not in _summary(d):
+        try:
+            s = _summary(d)
+        except (OSError, ValueError) as e:  # a run cut short or a damaged file
+            return f"{d}/summary.json is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+        if not isinstance(s, dict) or "b_i_mean" not in s:
             return f"{d}: not an HGO run (summary.json has no b_i_mean; use launch.report for ByzSGDm runs)"
     return None
 

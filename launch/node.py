@@ -110,10 +110,24 @@ def _observers(cfg: DictConfig) -> list:
     return [OracleError(byzantine_ranks(cfg), int(cfg.workers))]
 
 
+def _check_experiment(overrides: list[str]) -> None:
+    """The experiment group is optional in the defaults list, so hydra skips a name it cannot find (a
+    typo would run the default job): refuse it here, worded as hydra's own missing-option error."""
+    folder = os.path.join(CONF_DIR, "experiment")
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") == "experiment" and value not in ("", "null") \
+                and not os.path.isfile(os.path.join(folder, f"{value}.yaml")):
+            options = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
+            raise ValueError(f"In 'config': Could not find 'experiment/{value}'\n\n"
+                             f"Available options in 'experiment':\n" + "\n".join(f"\t{x}" for x in options))
+
+
 def compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
 
+    _check_experiment(overrides)
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return hcompose(config_name="config", overrides=overrides)
 

@@ -9,7 +9,7 @@ import os
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from common.config import ConfigError, byzantine_ranks, check_fields
+from common.config import SEED_MAX, ConfigError, byzantine_ranks, check_fields
 from common.data import DatasetUnavailable, load_dataset
 from server.aggregators import AGGREGATORS, PRE_AGGREGATORS, get_aggregator
 from worker.attacks import ATTACKS, get_attack
@@ -56,6 +56,8 @@ def check_params(section: str, cls: type, params: dict) -> None:
             continue
         if not ok:
             raise ConfigError(f"{field}={value!r} must be {kind}")
+        if key == "seed" and not 0 <= value <= SEED_MAX:  # seeds feed 64-bit generators
+            raise ConfigError(f"{field}={value} must be in [0, {SEED_MAX}]")
 
 
 def _rule_params(agg: dict) -> None:
@@ -66,10 +68,22 @@ def _rule_params(agg: dict) -> None:
     if name in AGGREGATORS:
         check_params("aggregator", AGGREGATORS[name].cls,
                      {k: v for k, v in agg.items() if k not in ("name", "f", "pre")})
+    names = sorted(PRE_AGGREGATORS)
     for i, item in enumerate(pre):
-        if isinstance(item, dict) and item.get("name") in PRE_AGGREGATORS:
-            check_params(f"aggregator.pre[{i}]", PRE_AGGREGATORS[item["name"]].cls,
-                         {k: v for k, v in item.items() if k != "name"})
+        pname = item.get("name") if isinstance(item, dict) else item
+        if not isinstance(pname, str) or pname not in PRE_AGGREGATORS:
+            raise ConfigError(f"aggregator.pre[{i}]={item!r} must be a pre-aggregator name {names} or "
+                              f"{{name: ..., parameter: value}}")
+        if isinstance(item, dict):
+            params = {k: v for k, v in item.items() if k != "name"}
+            cls = PRE_AGGREGATORS[pname].cls
+            takes = [p.name for p in inspect.signature(cls.__init__).parameters.values()
+                     if p.name not in ("self", "n", "f") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            unknown = sorted(set(params) - set(takes))
+            if unknown:
+                raise ConfigError(f"aggregator.pre[{i}] (pre-aggregator '{pname}') has no parameter(s) {unknown}; "
+                                  f"it takes {takes}")
+            check_params(f"aggregator.pre[{i}]", cls, params)
 
 
 def check_device(cfg: DictConfig, local_ranks: int = 1) -> None:
@@ -192,7 +206,8 @@ def validate_hgo(cfg: DictConfig) -> None:
         from common.config import NUM_CLASSES
 
         classes = NUM_CLASSES.get(cfg.dataset.name) or int(cfg.dataset.get("num_classes", 10))
-        if str(binary) != "even_odd" and not 0 <= int(binary) < classes:
+        if str(binary) != "even_odd" and (isinstance(binary, bool) or not isinstance(binary, int)
+                                          or not 0 <= binary < classes):
             raise ConfigError(f"model.binary={binary!r} must be even_odd or a class index in [0, {classes - 1}]")
     if not is_hgo(cfg):
         return
@@ -209,9 +224,9 @@ def validate_hgo(cfg: DictConfig) -> None:
 
     def number(key, lo, strict=True):
         value = hg.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or (value <= lo if strict else value < lo):
-            raise ConfigError(f"hgo.{key}={value!r} must be a number {'>' if strict else '>='} {lo}")
+            raise ConfigError(f"hgo.{key}={value!r} must be a finite number {'>' if strict else '>='} {lo}")
         return value
 
     q = hg.get("q")
@@ -277,11 +292,12 @@ def validate_hgo(cfg: DictConfig) -> None:
     aname = att.pop("name")
     att.pop("knowledge", None)
     attack = get_attack(aname, **att)
-    if hg.transport == "store" and attack.needs_honest and int(cfg.byzantine.count) > 0:
+    byz = len(byzantine_ranks(cfg))  # the roster: explicit byzantine.ranks or byzantine.count
+    if hg.transport == "store" and attack.needs_honest and byz > 0:
         raise ConfigError(f"attack '{aname}' needs the honest vectors (a worker all-gather that couples the "
                           f"workers' rounds); use hgo.transport=collective")
     try:  # each round, between 1 and min(count, q) Byzantine workers may be among the q selected
-        for fs in range(1, min(int(cfg.byzantine.count), q) + 1):
+        for fs in range(1, min(byz, q) + 1):
             attack.check(q, fs)
     except ValueError as e:
         raise ConfigError(f"{e} (HGO: n = hgo.q = {q})") from None

@@ -232,8 +232,9 @@ def test_hgo_report_rejects_missing_and_non_hgo_runs_with_one_line(tmp_path, cap
     from launch import hgo_report
 
     plain = make_run(tmp_path, "byz", acc=0.9)
+    torn = make_run(tmp_path, "torn", summary="partial")
     for group, expect in ((f"A={plain}", "not an HGO run"), (f"A={tmp_path / 'none'}", "no summary.json"),
-                          ("nolabel", "expected LABEL=RUN_DIR")):
+                          ("nolabel", "expected LABEL=RUN_DIR"), (f"A={torn}", "summary.json is unreadable")):
         assert hgo_report.main([str(tmp_path / "x.png"), group]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expect in err[0], err

@@ -46,6 +46,32 @@ CASES = [
     (["experiment=hgo_cpu", "hgo.stragglers=5"], "hgo.stragglers=5 must be a list of worker indices"),
     (["experiment=hgo_cpu", "hgo.batch_sizes=abc"], "hgo.batch_sizes='abc' must be a list"),
     (["experiment=hgo_cpu", "model=binlogreg", "model.binary=12"], "model.binary=12 must be even_odd or a class"),
+    (["experiment=hgo_cpu", "model=binlogreg", "model.binary=1.5"], "model.binary=1.5 must be even_odd or a class"),
+    (["algorithm.eps=abc"], "algorithm.eps='abc' must be a number"),
+    (["algorithm.eps=0"], "algorithm.eps=0 must be > 0"),
+    (["algorithm.normalize=maybe"], "algorithm.normalize='maybe' must be true or false"),
+    (["seed=18446744073709551616"], "seed=18446744073709551616 must be <= 9223372036854775807"),
+    (["attack=mimic", "attack.warmup=1", "attack.seed=99999999999999999999999"],
+     "attack.seed=99999999999999999999999 must"),
+    (["aggregator.pre=[{name:bucketing,seed:-1}]"], "aggregator.pre[0].seed=-1 must be in [0, "),
+    (["comm.timeout_round_s=1e300"], "comm.timeout_round_s=1e+300 must be <= 1000000"),
+    (["run.dir=[a,b]"], "run.dir=['a', 'b'] must be a path"),
+    (["dataset.root=123"], "dataset.root=123 must be a path"),
+    (["dataset.partition=shards", "dataset.classes_per_worker=100000000000"],
+     "dataset.classes_per_worker=100000000000 must be <= 500"),
+    (["fault.kind=raise", "fault.round=50", "max_rounds=2"], "fault.round=50 is never reached"),
+    (["aggregator.pre=[{name:[nnm]}]"], "aggregator.pre[0]={'name': ['nnm']} must be a pre-aggregator name"),
+    (["aggregator.pre=[1]"], "aggregator.pre[0]=1 must be a pre-aggregator name"),
+    (["aggregator.pre=[[nnm]]"], "aggregator.pre[0]=['nnm'] must be a pre-aggregator name"),
+    (["aggregator.pre=[{name:nnm,foo:1}]"], "aggregator.pre[0] (pre-aggregator 'nnm') has no parameter(s) ['foo']"),
+    (["aggregator=gm", "aggregator.T=1000000000"], "0 <= T <= 1000"),
+    (["aggregator=gm", "aggregator.ftol=-1"], "ftol >= 0 or null"),
+    (["aggregator=cc", "aggregator.L=100000000000"], "1 <= L <= 1000"),
+    (["attack=alie_opt", "attack.evals=1000000000"], "attack.evals=1000000000 must be an integer in [1, 10000]"),
+    (["attack.z=nan"], "attack.z=nan must be a finite number"),
+    (["experiment=hgo_cpu", "hgo.straggle_s=inf"], "hgo.straggle_s=inf must be a finite number >= 0"),
+    (["experiment=hgo_cpu", "hgo.q=4", "hgo.transport=store", "attack=alie", "byzantine.ranks=[1]", "aggregator=cm",
+      "aggregator.f=1", "attack.z=1.0"], "attack 'alie' needs the honest vectors"),  # the roster, not count
 ]
 
 
@@ -68,6 +94,17 @@ def test_bad_value_is_refused_naming_the_field(overrides, message):
 ])
 def test_good_values_pass(overrides):
     validate(compose(overrides), check_data=False)
+
+
+def test_a_misspelled_experiment_is_refused_not_skipped():
+    from launch.run import composition_error
+
+    with pytest.raises(ValueError) as e:  # the group is optional: hydra itself would run the default job
+        compose(["experiment=paperA_tabel1"])
+    line = composition_error(e.value)
+    assert line.startswith("experiment='paperA_tabel1' is unknown; choose one of [hgo_cpu, ")
+    assert "paperA_table1" in line
+    assert compose(["experiment=paperA_table1_cpu"]).dataset.name == "mnist5k"  # a real one composes
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

@@ -15,6 +15,7 @@ from .geometry import sq_distances_to, weighted_rows
 from .registry import Rule, register
 
 CENTERS = ("previous", "zero")
+MAX_L = 1000  # clipping iterations per call at most (two passes over the rows each, every round)
 
 
 @register("cc", requires=(lambda n, f: n >= 2 * f + 1, "n >= 2f + 1"),
@@ -30,8 +31,8 @@ class CenteredClipping(Rule):
 
     def __init__(self, n: int, f: int, tau: float = 0.1, L: int = 1, center: str = "previous"):
         super().__init__(n, f)
-        if float(tau) <= 0 or int(L) < 1 or center not in CENTERS:
-            raise ValueError(f"aggregator 'cc' needs tau > 0, L >= 1, center in {CENTERS}: "
+        if float(tau) <= 0 or not 1 <= int(L) <= MAX_L or center not in CENTERS:
+            raise ValueError(f"aggregator 'cc' needs tau > 0, 1 <= L <= {MAX_L}, center in {CENTERS}: "
                              f"got tau={tau}, L={L}, center={center!r}")
         self.tau, self.L, self.center = float(tau), int(L), center
         self.v: Tensor | None = None

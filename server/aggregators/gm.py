@@ -30,6 +30,8 @@ PRESETS = {
 INITS = ("zeros", "mean", "median")
 #: use the Gram form while n <= GRAM_ROWS_PER_ITERATION * T
 GRAM_ROWS_PER_ITERATION = 4
+#: Weiszfeld steps per call at most (each one or two passes over the rows, every round)
+MAX_T = 1000
 
 
 @register("gm", requires=(lambda n, f: n >= 2 * f + 1, "n >= 2f + 1"),
@@ -58,9 +60,10 @@ class GeometricMedian(Rule):
         self.method = method
         if self.init not in INITS:
             raise ValueError(f"aggregator 'gm' init must be one of {INITS}: got {init!r}")
-        if self.nu <= 0 or self.T < 0 or method not in ("auto", "gram", "direct"):
-            raise ValueError(f"aggregator 'gm' needs nu > 0, T >= 0, method in auto|gram|direct: "
-                             f"got nu={self.nu}, T={self.T}, method={method!r}")
+        if self.nu <= 0 or not 0 <= self.T <= MAX_T or method not in ("auto", "gram", "direct") \
+                or (self.ftol is not None and not self.ftol >= 0):
+            raise ValueError(f"aggregator 'gm' needs nu > 0, 0 <= T <= {MAX_T}, ftol >= 0 or null, method in "
+                             f"auto|gram|direct: got nu={self.nu}, T={self.T}, ftol={self.ftol}, method={method!r}")
 
     @property
     def passes(self) -> str:

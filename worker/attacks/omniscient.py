@@ -106,6 +106,8 @@ class ALittleIsEnough(Attack):
             except ValueError:
                 if z not in Z_MODES:
                     raise ValueError(f"attack.z='{z}' must be a number or one of {Z_MODES}") from None
+        if not isinstance(z, str) and not math.isfinite(float(z)):
+            raise ValueError(f"attack.z={z} must be a finite number or one of {Z_MODES}")
         self.z_mode = z if isinstance(z, str) else "fixed"
         self.z_fixed = None if isinstance(z, str) else float(z)
         self._z: dict[tuple[int, int], float] = {}

@@ -33,6 +33,9 @@ from server.aggregators import get_aggregator
 from .base import Attack, AttackContext, honest_mean, register
 from .omniscient import coordinate_std
 
+#: evaluations of the server's rule per round at most (each one aggregation of n rows)
+MAX_EVALS = 10_000
+
 
 def line_maximize(J: Callable[[float], float], evals: int = 20, start: float = 0.0, delta: float = 10.0,
                   ratio: float = 0.8) -> tuple[float, float]:
@@ -94,8 +97,8 @@ class LineSearchAttack(Attack):
     def __init__(self, evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8,
                  **common):
         super().__init__(**common)
-        if int(evals) != evals or evals < 1:
-            raise ValueError(f"attack.evals={evals} must be a positive integer")
+        if int(evals) != evals or not 1 <= evals <= MAX_EVALS:
+            raise ValueError(f"attack.evals={evals} must be an integer in [1, {MAX_EVALS}]")
         if not 0.5 < ratio < 1.0:
             raise ValueError(f"attack.ratio={ratio} must lie in (0.5, 1)")
         if delta == 0:
