@@ -133,11 +133,17 @@ class ResNet20(nn.Module):
         return self.linear(out)
 
 
+def is_binary(binary) -> bool:
+    """Whether `model.binary` asks for a binary task: even_odd or a class index, class 0 included
+    (`0 in (None, False)` is true in Python, so membership tests would drop class 0)."""
+    return binary is not None and binary is not False
+
+
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kw) -> nn.Module:
     """Build model `name` for inputs of shape (C, H, W) and `num_classes` outputs."""
     in_features = math.prod(input_shape)
     if name == "logreg":
-        return LogReg(in_features, num_classes, binary=kw.get("binary") not in (None, False))
+        return LogReg(in_features, num_classes, binary=is_binary(kw.get("binary")))
     if name == "mlp":
         return MLP(in_features, num_classes, tuple(kw.get("hidden") or (100,)))
     if name == "cnn":

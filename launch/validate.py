@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.config import SEED_MAX, ConfigError, byzantine_ranks, check_fields
 from common.data import DatasetUnavailable, load_dataset
+from common.models import is_binary
 from server.aggregators import AGGREGATORS, PRE_AGGREGATORS, get_aggregator
 from worker.attacks import ATTACKS, get_attack
 
@@ -192,11 +193,12 @@ def validate_hgo(cfg: DictConfig) -> None:
     import torch
 
     from common.config import train_size
+    from common.data import smallest_shard
     from common.hgo import is_hgo, parse_tau, task_labels
     from worker.profiles import RATE_TABLES, SCENARIOS
 
     binary = cfg.model.get("binary")
-    if binary not in (None, False):
+    if is_binary(binary):
         if not is_hgo(cfg) or cfg.model.name != "logreg":
             raise ConfigError(f"model.binary={binary!r} needs model=logreg and algorithm=hgo or sgd")
         try:
@@ -282,10 +284,11 @@ def validate_hgo(cfg: DictConfig) -> None:
             raise ConfigError(f"hgo.batch_sizes has {len(sizes)} entries; it needs one per worker ({m})")
         for s in sizes:
             integer("batch_sizes[]", s, 1)
-    shard = train_size(cfg) // m
+    kind = cfg.dataset.partition  # the smallest shard the partition cuts (shards: pieces differ by a few)
+    shard = smallest_shard(kind, train_size(cfg), m, int(cfg.seed), int(cfg.dataset.classes_per_worker))
     if max(sizes) > shard:
         raise ConfigError(f"batch size {max(sizes)} exceeds the shard size {shard} "
-                          f"({train_size(cfg)} training samples / {m} workers)")
+                          f"({train_size(cfg)} training samples / {m} workers, partition {kind})")
     if cfg.model.name == "resnet20" and cfg.model.get("norm", "bn") == "bn":
         raise ConfigError("HGO aggregates parameters only: model=resnet20 needs model.norm=gn (no BatchNorm)")
     att = OmegaConf.to_container(cfg.attack, resolve=True)

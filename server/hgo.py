@@ -60,7 +60,7 @@ from common.hgo import (
     task_labels,
 )
 from common.metrics import TB_NAMES, write_summary
-from common.models import build_model
+from common.models import build_model, is_binary
 from common.schedule import learning_rate
 from common.timing import PhaseTimer
 
@@ -213,7 +213,7 @@ class HGOServer:
         binary = cfg.model.get("binary")
         self.x_test = ds.x_test.to(self.device)
         self.y_test = task_labels(ds.y_test, binary).to(self.device)
-        num_classes = 2 if binary not in (None, False) else ds.num_classes
+        num_classes = 2 if is_binary(binary) else ds.num_classes
         torch.manual_seed(int(cfg.seed))
         self.fm = flatten_model(build_model(cfg.model.name, ds.input_shape, num_classes, **model_kwargs(cfg)),
                                 self.device)

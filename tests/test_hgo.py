@@ -197,6 +197,19 @@ def test_tau_parses_numbers_and_infinity_and_binary_labels():
         task_labels(y, "odd")
 
 
+def test_class_zero_is_a_binary_task_like_every_other_class():
+    """model.binary=0 (class 0 vs the rest): 2 outputs, the binary rate table (it built a 10-class model)."""
+    from common.flat import flatten_model
+    from common.models import build_model
+    from worker.profiles import rate_table
+
+    for k in (0, 3, "even_odd"):
+        assert flatten_model(build_model("logreg", (1, 28, 28), 2, binary=k)).d == 785, k
+        assert rate_table("auto", {"name": "logreg", "binary": k}) == "binary"
+    assert task_labels(torch.arange(4), 0).tolist() == [1, 0, 0, 0]
+    assert flatten_model(build_model("logreg", (1, 28, 28), 10, binary=None)).d == 7850
+
+
 def test_unequal_shards_keep_every_sample_once():
     from worker.hgo import resize_shards
 

@@ -72,6 +72,8 @@ CASES = [
     (["experiment=hgo_cpu", "hgo.straggle_s=inf"], "hgo.straggle_s=inf must be a finite number >= 0"),
     (["experiment=hgo_cpu", "hgo.q=4", "hgo.transport=store", "attack=alie", "byzantine.ranks=[1]", "aggregator=cm",
       "aggregator.f=1", "attack.z=1.0"], "attack 'alie' needs the honest vectors"),  # the roster, not count
+    (["experiment=hgo_cpu", "workers=30", "dataset.partition=shards", "dataset.classes_per_worker=2", "batch_size=133"],
+     "batch size 133 exceeds the shard size 132"),  # shards pieces differ: 4000 // 30 = 133 is not the smallest
 ]
 
 

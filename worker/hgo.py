@@ -45,7 +45,7 @@ from common.hgo import (
     store_of_group,
     task_labels,
 )
-from common.models import build_model
+from common.models import build_model, is_binary
 
 from .attacks import AttackContext, get_attack
 from .data import ShardSampler
@@ -93,7 +93,7 @@ class HGOWorker:
         ds = load_dataset(cfg.dataset.name, cfg.dataset.root, bool(cfg.dataset.download), int(cfg.seed),
                           **dataset_kwargs(cfg))
         binary = cfg.model.get("binary")
-        num_classes = 2 if binary not in (None, False) else ds.num_classes
+        num_classes = 2 if is_binary(binary) else ds.num_classes
         shards = make_partition(cfg.dataset.partition, ds.y_train, self.m, int(cfg.seed),
                                 float(cfg.dataset.alpha), int(cfg.dataset.classes_per_worker))
         if hg.shard_sizes == "dirichlet":

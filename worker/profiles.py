@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from common.models import is_binary
+
 PROFILES = ("weak", "average", "powerful")
 
 # (mean, std) of lambda per profile, per model (the authors' config.py; ALGORITHMS.md §10 table)
@@ -41,7 +43,7 @@ def rate_table(name: str, model: dict) -> str:
             raise ValueError(f"hgo.profiles={name!r} is unknown; choose auto or one of {sorted(RATE_TABLES)}")
         return name
     if model.get("name") == "logreg":
-        return "binary" if model.get("binary") not in (None, False) else "multinomial"
+        return "binary" if is_binary(model.get("binary")) else "multinomial"
     return "ffn"
 
 
