@@ -8,6 +8,9 @@ ARGS    ?=
 
 .PHONY: venv run test test-fast lint bench report advise clean
 
+# a bare `make` prepares the environment (the first target would otherwise come from the docker include)
+.DEFAULT_GOAL := venv
+
 include docker/docker.mk
 
 venv: $(STAMP)

@@ -1,9 +1,10 @@
 """Fault injection for reliability tests and drills: `fault.kind=kill|stop|raise fault.rank=K fault.round=T`.
 
-Rank 0 is the server, k >= 1 is worker k. The fault fires once, in the first attempt of the group only
-(torchrun's restart count is 0), at the start of round T, so the restarted group runs clean and must
-resume from its checkpoint. `kill` is a real SIGKILL, `stop` a real SIGSTOP (a hung process that
-never answers), `raise` an exception (a crash with a traceback).
+Rank 0 is the server, k >= 1 is worker k. The fault fires once per run directory, at the start of round
+T: only in the first attempt of the group (torchrun's restart count is 0), and only if the run directory
+holds no FAULT_FIRED marker yet (a new torchrun agent, e.g. a restarted container, counts from 0 again),
+so the restarted group runs clean and must resume from its checkpoint. `kill` is a real SIGKILL, `stop`
+a real SIGSTOP (a hung process that never answers), `raise` an exception (a crash with a traceback).
 """
 from __future__ import annotations
 
@@ -20,11 +21,20 @@ def fault_round(cfg, who: int) -> int:
     return int(fault.get("round", -1))
 
 
+MARKER = "FAULT_FIRED"
+
+
 def maybe_inject(cfg, who: int, t: int) -> None:
     if fault_round(cfg, who) != t or t < 0:
         return
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) != 0:
         return
+    run_dir = (cfg.get("run") or {}).get("dir")
+    if run_dir:  # once per run: the marker survives new agents, whose restart count starts at 0 again
+        try:
+            os.close(os.open(os.path.join(str(run_dir), MARKER), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
     kind = cfg.get("fault")["kind"]
     if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)

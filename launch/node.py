@@ -132,10 +132,30 @@ def compose(overrides: list[str]) -> DictConfig:
         return hcompose(config_name="config", overrides=overrides)
 
 
+ROLES = ("", "auto", "server", "worker")
+
+
+def group_problem(cfg: DictConfig, env=os.environ) -> str | None:
+    """What makes this rank's torchrun group unfit for the config, or None: a BYZ_ROLE it does not know,
+    or a world size other than 1 + workers (the roster, the data split and the summary count `workers`)."""
+    role = env.get("BYZ_ROLE", "")
+    if role not in ROLES:
+        return f"BYZ_ROLE={role!r} is unknown; use server (on the server's node) or worker"
+    world = env.get("WORLD_SIZE")
+    if world is not None and int(world) != int(cfg.workers) + 1:
+        return (f"workers={cfg.workers} but the group has {world} ranks (1 server + {int(world) - 1} workers): "
+                f"set workers={int(world) - 1} or start 1 + {cfg.workers} ranks (--nnodes, --nproc_per_node)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`python -m launch.node [overrides]` as torchrun's entry on every rank; `--check [overrides]` only
+    validates (no process group), to run once before torchrun: a config error then costs no restarts."""
     from launch.validate import check_device, check_resume_config, validate
 
     overrides = list(sys.argv[1:] if argv is None else argv)
+    check_only = bool(overrides) and overrides[0] == "--check"
+    overrides = overrides[1:] if check_only else overrides
     try:
         cfg = compose(overrides)
     except Exception as e:  # noqa: BLE001 - hydra raises several exception types for user errors
@@ -148,11 +168,17 @@ def main(argv: list[str] | None = None) -> int:
         if not cfg.run.dir:
             raise ConfigError("run.dir must be set for launch.node (every rank needs the same run directory)")
         check_device(cfg)
+        problem = group_problem(cfg)
+        if problem:
+            raise ConfigError(problem)
         check_run_dir(str(cfg.run.dir))
         check_resume_config(cfg, str(cfg.run.dir))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if check_only:
+        print(f"config ok: run.dir={cfg.run.dir}, 1 server + {cfg.workers} workers")
+        return 0
     run_rank(OmegaConf.to_container(cfg, resolve=True), str(cfg.run.dir))
     return 0
 

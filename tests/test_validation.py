@@ -186,3 +186,32 @@ def test_failure_line_quotes_every_failed_ranks_error_not_its_record():
     err.failures[3].timestamp = 9  # the earliest failure first, not the lowest rank
     assert failure_line(err).startswith("rank 3 failed (exit -9): no message | rank 0 failed (exit 1): ")
     assert failure_line(RuntimeError("first\nsecond")) == "first"
+
+
+def test_node_check_validates_without_a_group_and_names_group_problems(tmp_path, capsys):
+    from launch.node import group_problem, main
+
+    args = ["--check", "workers=3", "byzantine.count=0", f"run.dir={tmp_path / 'r'}"]
+    assert main(args) == 0 and "config ok" in capsys.readouterr().out
+    assert main(["--check", "aggregator=nope", f"run.dir={tmp_path / 'r'}"]) == 2
+    assert capsys.readouterr().err.startswith("error: aggregator='nope' is unknown")
+    cfg = compose(["workers=3", "byzantine.count=0"])
+    assert group_problem(cfg, {"WORLD_SIZE": "4", "BYZ_ROLE": "server"}) is None
+    assert group_problem(cfg, {}) is None  # outside torchrun: nothing to compare
+    assert group_problem(cfg, {"WORLD_SIZE": "5"}).startswith("workers=3 but the group has 5 ranks")
+    assert group_problem(cfg, {"BYZ_ROLE": "Server"}).startswith("BYZ_ROLE='Server' is unknown")
+
+
+def test_a_fault_fires_once_per_run_directory_even_under_a_new_agent(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from common.fault import MARKER, maybe_inject
+
+    cfg = OmegaConf.create({"fault": {"kind": "raise", "rank": 2, "round": 3}, "run": {"dir": str(tmp_path)}})
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    maybe_inject(cfg, 2, 2)  # another round: nothing
+    maybe_inject(cfg, 1, 3)  # another rank: nothing
+    with pytest.raises(RuntimeError, match="injected fault at round 3 on rank 2"):
+        maybe_inject(cfg, 2, 3)
+    assert (tmp_path / MARKER).exists()
+    maybe_inject(cfg, 2, 3)  # a new agent (restart count 0 again) resumes at round 3: no second fault
