@@ -29,7 +29,9 @@ def _round_dir(run_dir: str, rnd: int) -> str:
     return os.path.join(ckpt_root(run_dir), f"round_{rnd:08d}")
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
+    """`write(fh)` into a temporary file beside `path` (binary), fsync, then rename over `path`: a crash
+    or a full disk leaves the old file or the new one, never half of one, and no temporary."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     try:
@@ -46,7 +48,7 @@ def _atomic_write(path: str, write) -> None:
 
 def save_rank(run_dir: str, rnd: int, name: str, state: dict[str, Any]) -> None:
     """Write one rank's state for round `rnd` atomically."""
-    _atomic_write(os.path.join(_round_dir(run_dir, rnd), f"{name}.pt"), lambda fh: torch.save(state, fh))
+    atomic_write(os.path.join(_round_dir(run_dir, rnd), f"{name}.pt"), lambda fh: torch.save(state, fh))
 
 
 def load_rank(run_dir: str, rnd: int, name: str) -> dict[str, Any]:
@@ -90,7 +92,7 @@ def mark_complete(run_dir: str, rnd: int, names: list[str], keep: int = 2) -> No
     complete = sorted(set(man.get("complete", [])) | {rnd})
     drop, complete = complete[:-keep], complete[-keep:]
     body = json.dumps({"complete": complete, "ranks": names}, indent=1).encode()
-    _atomic_write(_manifest_path(run_dir), lambda fh: fh.write(body))
+    atomic_write(_manifest_path(run_dir), lambda fh: fh.write(body))
     for r in drop:
         shutil.rmtree(_round_dir(run_dir, r), ignore_errors=True)
 

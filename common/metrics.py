@@ -11,6 +11,8 @@ import math
 import os
 from typing import Any
 
+from .checkpoint import atomic_write
+
 
 class MetricsLogger:
     def __init__(self, run_dir: str, start_round: int = 0, tensorboard: bool = True):
@@ -36,10 +38,7 @@ class MetricsLogger:
                     continue  # a torn last line from a crash
                 if row.get("round", 0) <= start_round:
                     keep.append(line if line.endswith("\n") else line + "\n")
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.writelines(keep)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda fh: fh.write("".join(keep).encode()))
 
     def log(self, row: dict[str, Any], tb_prefix: dict[str, str] | None = None) -> None:
         """Append one row; numeric fields also go to TensorBoard at step = row['round']."""
@@ -76,8 +75,5 @@ def write_summary(run_dir: str, summary: dict[str, Any], extra: dict[str, Any] |
             summary[key].update(v)
         else:
             summary[key] = v
-    path = os.path.join(run_dir, "summary.json")
-    with open(path + ".tmp", "w") as fh:
-        json.dump(summary, fh, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic_write(os.path.join(run_dir, "summary.json"), lambda fh: fh.write(json.dumps(summary, indent=1).encode()))
     return summary

@@ -20,6 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from common.checkpoint import atomic_write
 from common.config import ConfigError, check_run_dir
 from common.dist import free_port, port_in_use
 
@@ -50,22 +51,13 @@ def prepare(cfg: DictConfig, default_dir: str | None = None) -> str:
 
 
 def save_text(path: str, text: str) -> None:
-    """Write a small file atomically (a crash or a full disk leaves the old file or none, never half)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write a small text file atomically (`common.checkpoint.atomic_write`)."""
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def save_config(cfg: DictConfig, path: str) -> None:
-    """Write the resolved config atomically (a crash leaves the old file or the new one, never half)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    OmegaConf.save(cfg, tmp, resolve=True)
-    os.replace(tmp, path)
+    """Write the resolved config atomically."""
+    save_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def launch_group(cfg: DictConfig, run_dir: str) -> None:

@@ -167,9 +167,10 @@ def test_save_text_is_atomic_and_leaves_no_temporary_when_it_fails(tmp_path):
 
     save_text(str(tmp_path / "FAILED"), "line\n")
     assert (tmp_path / "FAILED").read_text() == "line\n" and os.listdir(tmp_path) == ["FAILED"]
+    (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(OSError):
-        save_text(str(tmp_path / "gone" / "FAILED"), "line\n")  # the folder is missing
-    assert os.listdir(tmp_path) == ["FAILED"]
+        save_text(str(tmp_path / "a-file" / "FAILED"), "line\n")  # cannot be written there
+    assert sorted(os.listdir(tmp_path)) == ["FAILED", "a-file"]
 
 
 def test_failure_line_quotes_every_failed_ranks_error_not_its_record():
