@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 MODELS = ("logreg", "mlp", "cnn", "resnet20")
+#: each model's options (`model.<option>` keys besides the name); any other key is refused, not ignored
+OPTIONS = {"logreg": ("binary",), "mlp": ("hidden",), "cnn": ("width",), "resnet20": ("shortcut", "norm")}
 
 
 class LogReg(nn.Module):
@@ -141,6 +143,10 @@ def is_binary(binary) -> bool:
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kw) -> nn.Module:
     """Build model `name` for inputs of shape (C, H, W) and `num_classes` outputs."""
+    if name in OPTIONS:
+        unknown = sorted(set(kw) - set(OPTIONS[name]))
+        if unknown:
+            raise ValueError(f"model '{name}' has no option(s) {unknown}; it takes {list(OPTIONS[name])}")
     in_features = math.prod(input_shape)
     if name == "logreg":
         return LogReg(in_features, num_classes, binary=is_binary(kw.get("binary")))

@@ -273,6 +273,11 @@ def validate_hgo(cfg: DictConfig) -> None:
                           f"'hgo.stragglers=[2]' (quoted in the shell)")
     for k in list(stragglers):
         integer("stragglers[]", k, 1, m)
+    if len(set(stragglers)) != len(stragglers):
+        raise ConfigError(f"hgo.stragglers={list(stragglers)} names a worker twice; list each straggler once")
+    if cfg.log.get("oracle"):
+        raise ConfigError("log.oracle=true compares whole-vector aggregates with the honest mean; "
+                          f"algorithm={cfg.algorithm.name} aggregates blocks of coordinates: set log.oracle=false")
     sizes = hg.get("batch_sizes")
     if sizes is None:
         sizes = [int(cfg.batch_size)] * m

@@ -74,6 +74,10 @@ CASES = [
       "aggregator.f=1", "attack.z=1.0"], "attack 'alie' needs the honest vectors"),  # the roster, not count
     (["experiment=hgo_cpu", "workers=30", "dataset.partition=shards", "dataset.classes_per_worker=2", "batch_size=133"],
      "batch size 133 exceeds the shard size 132"),  # shards pieces differ: 4000 // 30 = 133 is not the smallest
+    (["+model.widht=32"], "model 'cnn' has no option(s) ['widht']; it takes ['width']"),  # a typo, not ignored
+    (["model=mlp", "+model.width=32"], "model 'mlp' has no option(s) ['width']; it takes ['hidden']"),
+    (["experiment=hgo_cpu", "hgo.stragglers=[2,2]"], "hgo.stragglers=[2, 2] names a worker twice"),
+    (["experiment=hgo_cpu", "log.oracle=true"], "log.oracle=true compares whole-vector aggregates"),
 ]
 
 
@@ -93,6 +97,8 @@ def test_bad_value_is_refused_naming_the_field(overrides, message):
     ["log.level=CRITICAL", "schedule.name=step", "schedule.milestones=[0,5]"],
     ["dataset.partition=shards", "dataset.classes_per_worker=12"],
     ["attack=mimic", "attack.knowledge=colluders", "attack.target=2"],
+    ["+model.width=8"],  # the CNN's own option
+    ["experiment=hgo_cpu", "hgo.stragglers=[2,5]"],
 ])
 def test_good_values_pass(overrides):
     validate(compose(overrides), check_data=False)
