@@ -7,13 +7,17 @@ TensorBoard); every rank writes its own checkpoint file.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.distributed.elastic.multiprocessing.api import SignalException
 
+from common import checkpoint
 from common import dist as cdist
 from common.config import ConfigError, byzantine_ranks, check_run_dir
 
@@ -60,11 +64,56 @@ def _setup_logging(is_server: bool, level: str) -> None:
                         format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S", force=True)
 
 
+def errors_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, "errors")
+
+
+def record_error(run_dir: str, rank: int, role: str, exc: BaseException, env=os.environ) -> None:
+    """Write this rank's error to RUN_DIR/errors/rank_<rank>.json with a wall-clock time to the microsecond
+    and the launcher's attempt number: the launcher itself keeps whole seconds and may report only the
+    server that lost a crashed worker, so these records name the rank that failed first."""
+    text = str(exc).strip().splitlines()
+    rec = {"time": time.time(), "attempt": int(env.get("TORCHELASTIC_RESTART_COUNT", 0) or 0), "rank": rank,
+           "role": role, "error": f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__}
+    body = json.dumps(rec).encode()
+    try:
+        checkpoint.atomic_write(os.path.join(errors_dir(run_dir), f"rank_{rank}.json"), lambda fh: fh.write(body))
+    except OSError:  # a full disk or a lost run.dir: the launcher still reports the error
+        pass
+
+
+def read_errors(run_dir: str, attempt: int) -> list[dict]:
+    """The ranks' error records of launcher attempt `attempt` (earlier attempts' are stale), earliest first."""
+    recs = []
+    folder = errors_dir(run_dir)
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        try:
+            with open(os.path.join(folder, name)) as fh:
+                rec = json.load(fh)
+            if rec.get("attempt") == attempt:
+                recs.append(rec)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return sorted(recs, key=lambda r: (r.get("time", 0), r.get("rank", 0)))
+
+
 def run_rank(container: dict, run_dir: str) -> None:
-    """Entry of one process: join the group, take the server or worker role, train."""
+    """Entry of one process: join the group, take the server or worker role, train. An error is recorded
+    in RUN_DIR/errors/ (`record_error`) before it propagates to the launcher."""
+    who = {"rank": int(os.environ.get("RANK", 0)), "role": "rank before its role"}
+    try:
+        _run_rank(container, run_dir, who)
+    except BaseException as e:
+        if not isinstance(e, SignalException):  # the launcher stopping this rank because another failed
+            record_error(run_dir, who["rank"], who["role"], e)
+        raise
+
+
+def _run_rank(container: dict, run_dir: str, who: dict) -> None:
     torch.set_num_threads(1)
     cfg = OmegaConf.create(container)
     topo = cdist.init(cfg)
+    who["role"] = "server" if topo.is_server else f"worker {topo.worker_index}"
     _setup_logging(topo.is_server, str(cfg.log.level))
     hgo = str(cfg.algorithm.name) in ("hgo", "sgd")  # paper B's partial-gradient mode (server/hgo.py, worker/hgo.py)
     try:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import sys
 import time
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from common.checkpoint import atomic_write
 from common.config import ConfigError, check_run_dir
 from common.dist import free_port, port_in_use
+from launch.node import errors_dir, read_errors
 
 log = logging.getLogger("byz")
 #: absolute, so that hydra finds the tree from `python -m launch.run` and from the `byz-run` script alike
@@ -85,21 +87,30 @@ def launch_group(cfg: DictConfig, run_dir: str) -> None:
     elastic_launch(lc, run_rank)(OmegaConf.to_container(cfg, resolve=True), run_dir)
 
 
-def failure_line(err: BaseException) -> str:
-    """One line for FAILED and the terminal: every failed rank, earliest first, with the last line of its
-    error (the launcher's error record holds it as {"message": ..., "extraInfo": {traceback}}). The
-    launcher's timestamps are whole seconds, so the root cause need not come first: a crashed worker
-    and the server that lost it fail in the same second."""
+def failure_line(err: BaseException, records: list[dict] = ()) -> str:
+    """One line for FAILED and the terminal: the first failed rank with its error, then the ranks that
+    failed after it. `records` are the ranks' own error records of the last attempt
+    (`launch.node.read_errors`: microsecond times, so a crashed worker comes before the server that lost
+    it; each rank's full error stays in RUN_DIR/errors/); a rank without one (killed by a signal) is taken
+    from the launcher's error record ({"message": ..., "extraInfo": {traceback}}), whose times are whole
+    seconds."""
     failures = getattr(err, "failures", None) or {}
-    parts = []
-    for _, f in sorted(failures.items(), key=lambda kv: (getattr(kv[1], "timestamp", 0), kv[0])):
+    entries = [(r.get("time", 0), r.get("rank", 0), f"{r.get('role')} (rank {r.get('rank')})", r.get("error"))
+               for r in records]
+    own = {r.get("rank") for r in records}
+    for rank, f in failures.items():
+        if rank in own:
+            continue
         msg = f.message
         if isinstance(msg, dict):
             msg = msg.get("message") or json.dumps(msg)[:300]
         lines = [ln.strip() for ln in str(msg or "").splitlines() if ln.strip()]
-        parts.append(f"rank {f.local_rank} failed (exit {f.exitcode}): {lines[-1] if lines else 'no message'}")
-    if parts:
-        return " | ".join(parts)
+        entries.append((getattr(f, "timestamp", 0), rank, f"rank {f.local_rank} failed (exit {f.exitcode})",
+                        lines[-1] if lines else "no message"))
+    if entries:  # the first failure in full; of the later ones, recorded errors by name (RUN_DIR/errors/)
+        (_, _, who, error), *later = sorted(entries, key=lambda e: (e[0], e[1]))
+        rest = [w if r in own else f"{w}: {e}" for _, r, w, e in later]
+        return f"{who}: {error}" + (f" | then: {', '.join(rest)}" if rest else "")
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
@@ -118,10 +129,11 @@ def main(cfg: DictConfig) -> float | None:
     for stale in (failed, os.path.join(run_dir, "summary.json")):  # an earlier attempt's verdict or
         if os.path.exists(stale):  # result: this attempt writes its own (a resumed run rewrites the summary)
             os.remove(stale)
+    shutil.rmtree(errors_dir(run_dir), ignore_errors=True)  # and its ranks' error records
     try:
         launch_group(cfg, run_dir)
     except Exception as e:  # noqa: BLE001 - a failed job is reported in one line; a sweep goes on
-        line = failure_line(e)
+        line = failure_line(e, read_errors(run_dir, int(cfg.run.max_restarts)))
         print(f"error: run failed after {cfg.run.max_restarts} restart(s): {line}", file=sys.stderr)
         try:
             save_text(failed, line + "\n")

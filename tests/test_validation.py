@@ -189,10 +189,37 @@ def test_failure_line_quotes_every_failed_ranks_error_not_its_record():
     err = SimpleNamespace(failures={3: SimpleNamespace(local_rank=3, exitcode=-9, message="", timestamp=12),
                                     0: SimpleNamespace(local_rank=0, exitcode=1, message=record, timestamp=10)})
     assert failure_line(err) == ("rank 0 failed (exit 1): RuntimeError: round 2 failed after 2.0 s: no answer "
-                                 "from worker(s) [2] (timeout) | rank 3 failed (exit -9): no message")
+                                 "from worker(s) [2] (timeout) | then: rank 3 failed (exit -9): no message")
     err.failures[3].timestamp = 9  # the earliest failure first, not the lowest rank
-    assert failure_line(err).startswith("rank 3 failed (exit -9): no message | rank 0 failed (exit 1): ")
+    assert failure_line(err).startswith("rank 3 failed (exit -9): no message | then: rank 0 failed (exit 1): ")
     assert failure_line(RuntimeError("first\nsecond")) == "first"
+    # the ranks' own records (microsecond times) put the crashed worker before the server that lost it;
+    # a rank without a record (killed by a signal) still comes from the launcher
+    records = [{"time": 10.2, "rank": 0, "role": "server", "error": "RuntimeError: round 2 failed"},
+               {"time": 10.1, "rank": 2, "role": "worker 2", "error": "ValueError: boom"}]
+    assert failure_line(err, records) == ("rank 3 failed (exit -9): no message | then: worker 2 (rank 2), "
+                                          "server (rank 0)")
+    err.failures[3].timestamp = 11
+    assert failure_line(err, records) == ("worker 2 (rank 2): ValueError: boom | then: server (rank 0), "
+                                          "rank 3 failed (exit -9): no message")
+
+
+def test_error_records_keep_the_rank_role_and_attempt_and_skip_stale_ones(tmp_path):
+    from launch.node import read_errors, record_error
+
+    run = str(tmp_path)
+    assert read_errors(run, 0) == []
+    try:
+        raise ValueError("bad shard\nsecond line")
+    except ValueError as e:
+        record_error(run, 4, "worker 4", e, env={"TORCHELASTIC_RESTART_COUNT": "1"})
+    record_error(run, 0, "server", RuntimeError("lost worker 4"), env={"TORCHELASTIC_RESTART_COUNT": "1"})
+    record_error(run, 2, "worker 2", KeyError("old"), env={})  # attempt 0: stale at attempt 1
+    (tmp_path / "errors" / "rank_9.json").write_text("{damaged")
+    recs = read_errors(run, 1)
+    assert [(r["rank"], r["role"], r["error"]) for r in recs] == [
+        (4, "worker 4", "ValueError: bad shard"), (0, "server", "RuntimeError: lost worker 4")]
+    assert recs[0]["time"] <= recs[1]["time"] and [r["rank"] for r in read_errors(run, 0)] == [2]
 
 
 def test_node_check_validates_without_a_group_and_names_group_problems(tmp_path, capsys):
