@@ -13,12 +13,15 @@ The checkpoint directory must be on storage shared by all nodes (a docker volume
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from typing import Any
 
 import torch
+
+log = logging.getLogger("byz")
 
 
 def ckpt_root(run_dir: str) -> str:
@@ -97,12 +100,45 @@ def mark_complete(run_dir: str, rnd: int, names: list[str], keep: int = 2) -> No
         shutil.rmtree(_round_dir(run_dir, r), ignore_errors=True)
 
 
-def resume(run_dir: str, name: str, load_state_dict) -> int | None:
+def resume(run_dir: str, name: str, load_state_dict, agree=None) -> int | None:
     """Load rank `name`'s state of the latest consistent round into `load_state_dict`, if there is one.
 
     Every role calls this first thing in `run()`, so a restarted group resumes without a special path.
+    `agree(ok)` returns whether every rank of the group could read its file of a round (a collective that
+    every rank calls once per round tried; None when this rank alone keeps state). A round that some rank
+    cannot read (a damaged or lost file) is skipped for the next older consistent round (`checkpoint.keep`
+    are kept), so one bad file does not fail every restart; when none loads, the error names the files.
     """
-    rnd = latest_round(run_dir)
-    if rnd is not None:
-        load_state_dict(load_rank(run_dir, rnd, name))
-    return rnd
+    complete = sorted(read_manifest(run_dir).get("complete", []), reverse=True)
+    problems = []
+    for rnd in complete:
+        try:
+            state = load_rank(run_dir, rnd, name)
+        except Exception as e:  # noqa: BLE001 - torch.load raises several types for a damaged file
+            state = None
+            text = str(e).strip().splitlines()
+            problems.append(f"round {rnd}: {name}.pt: {text[0] if text else type(e).__name__}")
+            log.warning("checkpoint %s is unreadable; trying an older consistent round", problems[-1])
+        ok = state is not None
+        if agree(ok) if agree is not None else ok:
+            load_state_dict(state)
+            return rnd
+    if complete:
+        raise RuntimeError(f"no consistent round in {ckpt_root(run_dir)} loads on every rank "
+                           f"({'; '.join(problems) or 'another rank could not read its files'}): restore them "
+                           f"or remove the checkpoints to start over")
+    return None
+
+
+def forget_after(run_dir: str, rnd: int) -> list[int]:
+    """Drop the rounds after `rnd` from the manifest and remove their files (the server, once every rank
+    has resumed from `rnd` because a newer round did not load); returns the dropped rounds."""
+    man = read_manifest(run_dir)
+    complete = man.get("complete", [])
+    later = [r for r in complete if r > rnd]
+    if later:
+        body = json.dumps({**man, "complete": [r for r in complete if r <= rnd]}, indent=1).encode()
+        atomic_write(_manifest_path(run_dir), lambda fh: fh.write(body))
+        for r in later:
+            shutil.rmtree(_round_dir(run_dir, r), ignore_errors=True)
+    return later

@@ -132,6 +132,14 @@ def init(cfg) -> Topology:
     return Topology(rank, world, server, workers, device, backend, data_group, worker_group)
 
 
+def all_ranks(ok: bool) -> bool:
+    """Whether `ok` holds on every rank of the run (a MIN all-reduce on the default Gloo group, which every
+    rank joins, on the CPU whatever the data group's backend)."""
+    t = torch.tensor([int(bool(ok))], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def join_colluders(topo: Topology, byzantine_workers: list[int], timeout_s: float) -> None:
     """Byzantine workers build their own group among themselves (local synchronisation: no other rank
     takes part, so the server never receives the roster, not even as a list of ranks)."""

@@ -19,7 +19,7 @@ from torch import Tensor
 from common import checkpoint
 from common.config import dataset_kwargs, model_kwargs
 from common.data import load_dataset
-from common.dist import Channel, Heartbeat, Topology
+from common.dist import Channel, Heartbeat, Topology, all_ranks
 from common.fault import fault_round, maybe_inject
 from common.flat import flatten_model, write_header
 from common.metrics import TB_NAMES, MetricsLogger, write_summary
@@ -134,7 +134,7 @@ class Server:
     def run(self, summary_extra: dict | None = None) -> dict:
         """Train to the end (resuming from the latest consistent checkpoint) and write summary.json."""
         cfg = self.cfg
-        metrics = begin_run(self)
+        metrics = begin_run(self, all_ranks)  # every worker resumes from the same round
         self.heartbeat = Heartbeat(self.topo)
         torch.distributed.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
         bar = _progress(cfg, self.total_rounds, self.round)
@@ -273,12 +273,16 @@ class Server:
         }
 
 
-def begin_run(server) -> MetricsLogger:
-    """Start the clock, resume from the latest consistent checkpoint if there is one (torchtitan-style:
-    a restarted job continues by itself), and open the metrics log at the resumed round."""
+def begin_run(server, agree=None) -> MetricsLogger:
+    """Start the clock, resume from the latest consistent checkpoint that every rank can read if there is
+    one (torchtitan-style: a restarted job continues by itself; `agree` as in `checkpoint.resume`), and
+    open the metrics log at the resumed round."""
     server.t_start = time.perf_counter()
-    start = checkpoint.resume(server.run_dir, "server", server.load_state_dict)
+    start = checkpoint.resume(server.run_dir, "server", server.load_state_dict, agree)
     if start is not None:
+        dropped = checkpoint.forget_after(server.run_dir, start)
+        if dropped:
+            log.warning("checkpoint round(s) %s did not load on every rank and were removed", dropped)
         log.info("resuming from the checkpoint of round %d (restart %d)", start, server.restarts)
     return MetricsLogger(server.run_dir, server.round, bool(server.cfg.log.tensorboard))
 

@@ -40,6 +40,36 @@ def test_only_the_latest_keep_rounds_stay_on_disk(tmp_path):
                                                                        "round_00000040"]
 
 
+def test_a_round_that_some_rank_cannot_read_falls_back_to_the_older_kept_round(tmp_path):
+    run, names = str(tmp_path), ["server", "worker_1", "worker_2"]
+    for rnd in (10, 20, 30):
+        _save_round(tmp_path, rnd)
+        checkpoint.mark_complete(run, rnd, names, keep=2)
+    with open(os.path.join(checkpoint.ckpt_root(run), "round_00000030", "worker_2.pt"), "wb") as fh:
+        fh.write(b"torn")  # damaged outside the run: it was written atomically
+    # the group agrees round by round: worker 1 reads round 30 but must not resume from it alone
+    calls = {"server": [], "worker_1": [], "worker_2": []}
+    readable = {name: [] for name in names}
+    for name in names:  # what each rank can read, newest round first (a group that never agrees)
+        with pytest.raises(RuntimeError, match="another rank could not read|round 30: worker_2.pt"):
+            checkpoint.resume(run, name, lambda s: pytest.fail("no agreement"),
+                              agree=lambda ok, n=name: readable[n].append(ok) or False)
+    assert readable == {"server": [True, True], "worker_1": [True, True], "worker_2": [False, True]}
+    every = [all(oks) for oks in zip(*readable.values())]  # the collective: a round every rank read
+    for name in names:
+        it = iter(every)
+        assert checkpoint.resume(run, name, calls[name].append, agree=lambda ok: next(it)) == 20
+        assert [c["round"] for c in calls[name]] == [20] and calls[name][0]["name"] == name
+    assert checkpoint.forget_after(run, 20) == [30]  # the server drops the round that did not load
+    assert checkpoint.read_manifest(run)["complete"] == [20]
+    assert sorted(os.listdir(checkpoint.ckpt_root(run))) == ["manifest.json", "round_00000020"]
+    # a rank alone (agree=None) falls back by itself; when no kept round loads, the error names the files
+    with open(os.path.join(checkpoint.ckpt_root(run), "round_00000020", "server.pt"), "wb") as fh:
+        fh.write(b"")
+    with pytest.raises(RuntimeError, match=r"no consistent round .* loads on every rank \(round 20: server.pt: "):
+        checkpoint.resume(run, "server", lambda s: pytest.fail("nothing loads"))
+
+
 def test_no_manifest_means_a_fresh_start_and_a_damaged_one_is_an_error(tmp_path):
     from common.config import ConfigError
     from launch.validate import check_resume_config

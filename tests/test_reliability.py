@@ -25,7 +25,7 @@ def _rounds_unique_and_complete(run_dir, last):
 
 
 @pytest.mark.e2e
-def test_sigkill_of_a_worker_or_the_server_resumes_bitwise_exactly(tmp_path):
+def test_sigkill_of_a_worker_or_the_server_or_a_damaged_checkpoint_resumes_bitwise_exactly(tmp_path):
     launch(tmp_path / "clean", *SHORT)
     rnd, clean = _final_params(tmp_path / "clean")
     assert rnd == 40
@@ -37,6 +37,13 @@ def test_sigkill_of_a_worker_or_the_server_resumes_bitwise_exactly(tmp_path):
         _rounds_unique_and_complete(run, 40)
         rnd, params = _final_params(run)
         assert rnd == 40 and torch.equal(params, clean), f"resume after killing rank {who} is not exact"
+    # a damaged file of the newest round: every rank falls back to the older kept round (30) together
+    (run / "checkpoints" / "round_00000040" / "worker_3.pt").write_bytes(b"torn")
+    proc = launch(run, *SHORT)
+    assert "round 40: worker_3.pt" in proc.stderr and summary(run)["rounds_completed"] == 40
+    _rounds_unique_and_complete(run, 40)
+    rnd, params = _final_params(run)
+    assert rnd == 40 and torch.equal(params, clean), "resume from the older kept round is not exact"
 
 
 @pytest.mark.e2e
