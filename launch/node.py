@@ -64,6 +64,14 @@ def _setup_logging(is_server: bool, level: str) -> None:
                         format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S", force=True)
 
 
+#: torchrun agents otherwise share the first rendezvous round's store with their ranks for the whole run:
+#: an agent that is replaced alone (a restarted container) then waits for a key of its round that no
+#: other agent writes, and the ranks' per-attempt prefix follows each agent's own restart count. With it
+#: set in every agent's environment (the image and `launch.run` do), each attempt's rank 0 hosts a fresh
+#: store on a port announced in that rendezvous round.
+SHARED_STORE_OFF = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+
+
 def errors_dir(run_dir: str) -> str:
     return os.path.join(run_dir, "errors")
 
@@ -115,6 +123,9 @@ def _run_rank(container: dict, run_dir: str, who: dict) -> None:
     topo = cdist.init(cfg)
     who["role"] = "server" if topo.is_server else f"worker {topo.worker_index}"
     _setup_logging(topo.is_server, str(cfg.log.level))
+    if topo.is_server and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        log.warning("the torchrun agents share their rendezvous store: an agent replaced alone (a restarted "
+                    "container) cannot rejoin this run; set %s=1 in every agent's environment", SHARED_STORE_OFF)
     hgo = str(cfg.algorithm.name) in ("hgo", "sgd")  # paper B's partial-gradient mode (server/hgo.py, worker/hgo.py)
     try:
         if topo.is_server:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from common.checkpoint import atomic_write
 from common.config import ConfigError, check_run_dir
 from common.dist import free_port, port_in_use
-from launch.node import errors_dir, read_errors
+from launch.node import SHARED_STORE_OFF, errors_dir, read_errors
 
 log = logging.getLogger("byz")
 #: absolute, so that hydra finds the tree from `python -m launch.run` and from the `byz-run` script alike
@@ -78,6 +78,7 @@ def launch_group(cfg: DictConfig, run_dir: str) -> None:
     addr = str(cfg.comm.master_addr)
     port = int(cfg.comm.master_port) or free_port(addr)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault(SHARED_STORE_OFF, "1")  # each attempt's ranks meet in a fresh store (launch.node)
     lc = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=int(cfg.workers) + 1,
         run_id=f"byz-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d", rdzv_endpoint=f"{addr}:{port}",

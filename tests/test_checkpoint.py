@@ -58,7 +58,7 @@ def test_a_round_that_some_rank_cannot_read_falls_back_to_the_older_kept_round(t
     every = [all(oks) for oks in zip(*readable.values())]  # the collective: a round every rank read
     for name in names:
         it = iter(every)
-        assert checkpoint.resume(run, name, calls[name].append, agree=lambda ok: next(it)) == 20
+        assert checkpoint.resume(run, name, calls[name].append, agree=lambda ok, it=it: next(it)) == 20
         assert [c["round"] for c in calls[name]] == [20] and calls[name][0]["name"] == name
     assert checkpoint.forget_after(run, 20) == [30]  # the server drops the round that did not load
     assert checkpoint.read_manifest(run)["complete"] == [20]

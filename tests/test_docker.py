@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from launch.node import SHARED_STORE_OFF
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
@@ -270,6 +272,14 @@ def test_top_readme_cluster_command_is_the_dockerfile_entry_command():
     assert expected in commands, f"README.md should show the cluster command: {shlex.join(expected)}"
 
 
+def test_image_agents_meet_in_a_fresh_store_each_attempt():
+    """An agent replaced alone can rejoin only without the shared rendezvous store
+    (tests/test_cluster.py runs that case)."""
+    assert dockerfile_env()[SHARED_STORE_OFF] == "1"
+    for doc in (DOCKER / "README.md", ROOT / "README.md"):
+        assert SHARED_STORE_OFF in doc.read_text(), doc
+
+
 def test_cluster_command_is_one_agent_per_rank_on_a_c10d_rendezvous():
     cmd = entry_command()
     assert "--nproc_per_node=1" in cmd and "--rdzv-backend=c10d" in cmd
@@ -388,7 +398,7 @@ def test_documented_cluster_command_trains_with_three_agents_on_one_host(tmp_pat
     argv[:1] = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
     dist_env = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     base = {k: v for k, v in os.environ.items() if k not in dist_env}
-    base.update(env, OMP_NUM_THREADS="1")
+    base.update(env, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE=dockerfile_env()[SHARED_STORE_OFF])
     agents, logs = [], [tmp_path / f"agent{i}.log" for i in range(3)]
     try:
         for role, log in zip(("server", "worker", "worker"), logs):
