@@ -157,6 +157,24 @@ def test_paper_a_cpu_twins_run_on_the_embedded_data(make, preset):
     assert all(int(b) <= shard for b in sweep_axes(preset)["batch_size"])
 
 
+@pytest.mark.parametrize("model", ["logreg", "ffn"])
+def test_paper_b_fig4_deadline_lets_sgd_follow_the_device_scenario(make, model):
+    """Fig. 4 compares HGO with SGD across scenarios: SGD's full gradient must fit within tau on the
+    powerful devices (all of them in C_powerful) and on none in C_weak, for both models."""
+    from common.config import INPUT_SHAPES, NUM_CLASSES, model_kwargs
+    from common.models import build_model, num_parameters
+    from worker.profiles import assign_profiles, draw_rate, rate_table, sgd_length
+
+    cfg = make("paperB_fig4", f"model={model}")
+    d = num_parameters(build_model(cfg.model.name, INPUT_SHAPES["mnist"], NUM_CLASSES["mnist"], **model_kwargs(cfg)))
+    table, tau, s, m = rate_table("auto", dict(cfg.model)), float(cfg.hgo.tau), int(cfg.batch_size), int(cfg.workers)
+    capable = {}
+    for scenario in ("C_weak", "default", "C_powerful"):
+        lams = [draw_rate(p, table, 0, k + 1) for k, p in enumerate(assign_profiles(m, scenario, 0))]
+        capable[scenario] = sum(sgd_length(tau, lam, s, d) == d for lam in lams)
+    assert capable["C_weak"] == 0 and 25 <= capable["default"] <= 40 and capable["C_powerful"] == m, capable
+
+
 @pytest.mark.parametrize("preset", PAPER_B)
 def test_paper_b_full_scale_settings(make, preset):
     cfg = make(preset)
