@@ -43,6 +43,7 @@ def run_summary_config(cfg: DictConfig) -> dict:
     name, knowledge = att.pop("name"), att.pop("knowledge", "omniscient")
     attack = get_attack(name, **att)
     m, byz = int(cfg.workers), byzantine_ranks(cfg)
+    hgo = str(cfg.algorithm.name) in ("hgo", "sgd")
     resolved = {}
     try:  # the attack's resolved parameters (e.g. ALIE's z) for this (m, f)
         ctx = AttackContext(n=m, f=len(byz), aggregator=OmegaConf.to_container(cfg.aggregator, resolve=True),
@@ -53,7 +54,8 @@ def run_summary_config(cfg: DictConfig) -> dict:
     return {"attack": name, "attack_knowledge": knowledge, "attack_params": resolved,
             "byzantine_count": len(byz), "byzantine_fraction": len(byz) / m, "workers": m,
             "batch_size": int(cfg.batch_size), "lr": float(cfg.lr), "epochs": int(cfg.epochs),
-            "momentum": float(cfg.momentum), "weight_decay": float(cfg.weight_decay),
+            "momentum": 0.0 if hgo else float(cfg.momentum),  # paper B's update has no momentum
+            "weight_decay": float(cfg.weight_decay),
             "weight_decay_placement": cfg.weight_decay_placement, "schedule": cfg.schedule.name,
             "dataset": cfg.dataset.name, "partition": cfg.dataset.partition, "model": cfg.model.name,
             "seed": int(cfg.seed)}

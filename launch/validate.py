@@ -213,6 +213,9 @@ def validate_hgo(cfg: DictConfig) -> None:
             raise ConfigError(f"model.binary={binary!r} must be even_odd or a class index in [0, {classes - 1}]")
     if not is_hgo(cfg):
         return
+    if cfg.algorithm.get("normalize"):
+        raise ConfigError(f"algorithm.normalize=true is ByzSGDnm's; algorithm={cfg.algorithm.name} updates with the "
+                          f"aggregate itself (paper B, Alg. 1 line 13): set algorithm.normalize=false")
     hg = cfg.get("hgo")
     if hg is None:
         raise ConfigError(f"algorithm={cfg.algorithm.name} needs the hgo section (conf/algorithm/hgo.yaml)")

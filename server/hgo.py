@@ -316,6 +316,9 @@ class HGOServer:
     def run(self, summary_extra: dict | None = None) -> dict:
         """Train for hgo.rounds rounds (resuming from the latest checkpoint); write summary.json."""
         cfg = self.cfg
+        if float(cfg.momentum) != 0.0:
+            log.warning("algorithm=%s has no momentum (paper B, Alg. 1 line 13): momentum=%s is not used",
+                        cfg.algorithm.name, cfg.momentum)
         metrics = begin_run(self)
         by_time = self._time_writer() if cfg.log.tensorboard else None
         dist.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout

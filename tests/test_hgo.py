@@ -275,3 +275,18 @@ def test_tau_inf_and_sgd_compose_and_validate():
     cfg = compose("experiment=hgo_cpu", "algorithm=sgd", "hgo.tau=inf")
     validate(cfg, check_data=False)
     assert cfg.algorithm.name == "sgd" and math.isinf(parse_tau(cfg.hgo.tau)) and cfg.workers == 20
+
+
+def test_summary_records_no_momentum_for_paper_b_algorithms():
+    """HGO and SGD update with the aggregate itself (Alg. 1 line 13): a momentum value is not used, and the
+    summary says 0, not the ByzSGDm default."""
+    from launch.node import compose, run_summary_config
+    from launch.validate import validate
+
+    for alg in ("hgo", "sgd"):
+        cfg = compose(["experiment=hgo_cpu", f"algorithm={alg}", "momentum=0.9"])
+        validate(cfg, check_data=False)
+        assert run_summary_config(cfg)["momentum"] == 0.0
+    cfg = compose(["momentum=0.9"])
+    validate(cfg, check_data=False)
+    assert run_summary_config(cfg)["momentum"] == 0.9

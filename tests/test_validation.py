@@ -78,6 +78,7 @@ CASES = [
     (["model=mlp", "+model.width=32"], "model 'mlp' has no option(s) ['width']; it takes ['hidden']"),
     (["experiment=hgo_cpu", "hgo.stragglers=[2,2]"], "hgo.stragglers=[2, 2] names a worker twice"),
     (["experiment=hgo_cpu", "log.oracle=true"], "log.oracle=true compares whole-vector aggregates"),
+    (["experiment=hgo_cpu", "algorithm.normalize=true"], "algorithm.normalize=true is ByzSGDnm's"),
 ]
 
 
