@@ -43,6 +43,11 @@ def test_two_torchrun_nodes_on_loopback_train_with_an_omniscient_attack(tmp_path
     assert summary["config"]["attack_params"]["z"] == pytest.approx(-0.4307, abs=1e-3)  # karimireddy z, n=4, f=1
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_a_node_whose_agent_is_replaced_alone_rejoins_and_the_run_resumes(tmp_path):
     """A restarted container: node B's agent dies with its rank, a new agent takes its place. The new
     agent's restart count starts at 0 while node A's agent counts its restart, so the two must not
@@ -68,6 +73,12 @@ def test_a_node_whose_agent_is_replaced_alone_rejoins_and_the_run_resumes(tmp_pa
     procs = []
     try:
         procs.append(agent("server", 2, logs[0]))  # node A: the server and worker 1
+        # node A hosts the rendezvous (on a cluster: the agent on RDZV_HOST); node B must not, or killing
+        # it would take the rendezvous down with it
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            assert time.monotonic() < deadline and procs[0].poll() is None, "node A never hosted the rendezvous"
+            time.sleep(0.1)
         procs.append(agent("worker", 1, logs[1]))  # node B: worker 2, which hangs at round 25
         deadline = time.monotonic() + 120
         while not (run_dir / "FAULT_FIRED").exists():
