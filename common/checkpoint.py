@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 from typing import Any
@@ -100,39 +101,53 @@ def mark_complete(run_dir: str, rnd: int, names: list[str], keep: int = 2) -> No
         shutil.rmtree(_round_dir(run_dir, r), ignore_errors=True)
 
 
+#: what torch.load raises for a file that is lost, torn or overwritten: the round is unreadable on this
+#: rank. Other errors (an I/O error of the storage, memory, a signal) propagate: the restart tries again
+#: rather than give up a round that may be intact.
+UNREADABLE = (FileNotFoundError, IsADirectoryError, EOFError, pickle.UnpicklingError, RuntimeError, ValueError)
+
+
+def consistent_rounds(run_dir: str) -> list[int]:
+    """The manifest's consistent rounds, newest first."""
+    return sorted(read_manifest(run_dir).get("complete", []), reverse=True)
+
+
 def resume(run_dir: str, name: str, load_state_dict, agree=None) -> int | None:
     """Load rank `name`'s state of the latest consistent round into `load_state_dict`, if there is one.
 
     Every role calls this first thing in `run()`, so a restarted group resumes without a special path.
-    `agree(ok)` returns whether every rank of the group could read its file of a round (a collective that
-    every rank calls once per round tried; None when this rank alone keeps state). A round that some rank
-    cannot read (a damaged or lost file) is skipped for the next older consistent round (`checkpoint.keep`
-    are kept), so one bad file does not fail every restart; when none loads, the error names the files.
+    `agree` (common.dist.Agreement; None when this rank alone keeps state) makes the group decide
+    together: every rank tries the server's list of rounds (a stale copy of the manifest elsewhere cannot
+    split the group), and a round that some rank cannot read (a torn or lost file) is skipped, on every
+    rank, for the next older consistent round (`checkpoint.keep` are kept), so one bad file does not fail
+    every restart. When none loads, the error names the rounds and the ranks on every rank.
     """
-    complete = sorted(read_manifest(run_dir).get("complete", []), reverse=True)
-    problems = []
+    complete = agree.rounds(lambda: consistent_rounds(run_dir)) if agree else consistent_rounds(run_dir)
+    tried, mine = [], []
     for rnd in complete:
         try:
             state = load_rank(run_dir, rnd, name)
-        except Exception as e:  # noqa: BLE001 - torch.load raises several types for a damaged file
+        except UNREADABLE as e:
             state = None
             text = str(e).strip().splitlines()
-            problems.append(f"round {rnd}: {name}.pt: {text[0] if text else type(e).__name__}")
-            log.warning("checkpoint %s is unreadable; trying an older consistent round", problems[-1])
-        ok = state is not None
-        if agree(ok) if agree is not None else ok:
+            mine.append(f"round {rnd}: {name}.pt: {type(e).__name__}: {text[0] if text else ''}")
+            log.warning("checkpoint %s is unreadable; trying an older consistent round", mine[-1])
+        bad = agree.unreadable(state is not None) if agree else state is None
+        if not bad:
             load_state_dict(state)
             return rnd
+        tried.append(f"round {rnd} unreadable" + (f" on rank(s) {bad}" if agree else ""))
     if complete:
-        raise RuntimeError(f"no consistent round in {ckpt_root(run_dir)} loads on every rank "
-                           f"({'; '.join(problems) or 'another rank could not read its files'}): restore them "
-                           f"or remove the checkpoints to start over")
+        raise RuntimeError(f"no consistent round in {ckpt_root(run_dir)} loads on every rank ({'; '.join(tried)}"
+                           f"{'; here ' + '; '.join(mine) if mine else ''}): restore the files or remove the "
+                           f"checkpoints to start over")
     return None
 
 
 def forget_after(run_dir: str, rnd: int) -> list[int]:
-    """Drop the rounds after `rnd` from the manifest and remove their files (the server, once every rank
-    has resumed from `rnd` because a newer round did not load); returns the dropped rounds."""
+    """Drop the rounds after `rnd` from the manifest (the server, once every rank has resumed from `rnd`
+    because a newer round did not load on some rank) and set their folders aside as
+    `round_NNNNNNNN.unreadable` for inspection; returns the dropped rounds."""
     man = read_manifest(run_dir)
     complete = man.get("complete", [])
     later = [r for r in complete if r > rnd]
@@ -140,5 +155,8 @@ def forget_after(run_dir: str, rnd: int) -> list[int]:
         body = json.dumps({**man, "complete": [r for r in complete if r <= rnd]}, indent=1).encode()
         atomic_write(_manifest_path(run_dir), lambda fh: fh.write(body))
         for r in later:
-            shutil.rmtree(_round_dir(run_dir, r), ignore_errors=True)
+            aside = _round_dir(run_dir, r) + ".unreadable"
+            shutil.rmtree(aside, ignore_errors=True)
+            if os.path.isdir(_round_dir(run_dir, r)):
+                os.replace(_round_dir(run_dir, r), aside)
     return later

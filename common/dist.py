@@ -132,12 +132,25 @@ def init(cfg) -> Topology:
     return Topology(rank, world, server, workers, device, backend, data_group, worker_group)
 
 
-def all_ranks(ok: bool) -> bool:
-    """Whether `ok` holds on every rank of the run (a MIN all-reduce on the default Gloo group, which every
-    rank joins, on the CPU whatever the data group's backend)."""
-    t = torch.tensor([int(bool(ok))], dtype=torch.int32)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
+class Agreement:
+    """How the ranks of a run decide together which checkpoint round to resume from
+    (`common.checkpoint.resume`): collectives on the default Gloo group, which every rank joins, on the
+    CPU whatever the data group's backend."""
+
+    def __init__(self, topo: Topology):
+        self.topo = topo
+
+    def rounds(self, read) -> list[int]:
+        """The server's list of consistent rounds (`read()` runs on the server only), on every rank."""
+        box = [read() if self.topo.is_server else None]
+        dist.broadcast_object_list(box, src=self.topo.server)
+        return box[0]
+
+    def unreadable(self, ok: bool) -> list[int]:
+        """The global ranks whose `ok` is false (the same list on every rank)."""
+        table = [torch.zeros(1, dtype=torch.int32) for _ in range(self.topo.world)]
+        dist.all_gather(table, torch.tensor([int(bool(ok))], dtype=torch.int32))
+        return [r for r, t in enumerate(table) if not int(t)]
 
 
 def join_colluders(topo: Topology, byzantine_workers: list[int], timeout_s: float) -> None:

@@ -92,19 +92,22 @@ def record_error(run_dir: str, rank: int, role: str, exc: BaseException, env=os.
         pass
 
 
-def read_errors(run_dir: str, attempt: int) -> list[dict]:
-    """The ranks' error records of launcher attempt `attempt` (earlier attempts' are stale), earliest first."""
+def read_errors(run_dir: str, attempt: int | None = None) -> list[dict]:
+    """The ranks' error records of launcher attempt `attempt` (None: the latest attempt that left any;
+    earlier attempts' are stale), earliest first."""
     recs = []
     folder = errors_dir(run_dir)
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         try:
             with open(os.path.join(folder, name)) as fh:
                 rec = json.load(fh)
-            if rec.get("attempt") == attempt:
+            if isinstance(rec, dict) and isinstance(rec.get("attempt"), int):
                 recs.append(rec)
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError):
             continue
-    return sorted(recs, key=lambda r: (r.get("time", 0), r.get("rank", 0)))
+    if attempt is None and recs:
+        attempt = max(r["attempt"] for r in recs)
+    return sorted((r for r in recs if r["attempt"] == attempt), key=lambda r: (r.get("time", 0), r.get("rank", 0)))
 
 
 def run_rank(container: dict, run_dir: str) -> None:
@@ -113,10 +116,13 @@ def run_rank(container: dict, run_dir: str) -> None:
     who = {"rank": int(os.environ.get("RANK", 0)), "role": "rank before its role"}
     try:
         _run_rank(container, run_dir, who)
-    except BaseException as e:
+    except BaseException as e:  # recorded before the group's teardown, which may block or be cut short
         if not isinstance(e, SignalException):  # the launcher stopping this rank because another failed
             record_error(run_dir, who["rank"], who["role"], e)
         raise
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _run_rank(container: dict, run_dir: str, who: dict) -> None:
@@ -129,38 +135,34 @@ def _run_rank(container: dict, run_dir: str, who: dict) -> None:
         log.warning("the torchrun agents share their rendezvous store: an agent replaced alone (a restarted "
                     "container) cannot rejoin this run; set %s=1 in every agent's environment", SHARED_STORE_OFF)
     hgo = str(cfg.algorithm.name) in ("hgo", "sgd")  # paper B's partial-gradient mode (server/hgo.py, worker/hgo.py)
-    try:
-        if topo.is_server:
-            from server.trainer import Server
+    if topo.is_server:
+        from server.trainer import Server
 
-            os.makedirs(run_dir, exist_ok=True)
-            cfg_path = os.path.join(run_dir, "config.yaml")
-            if not os.path.exists(cfg_path):
-                from launch.run import save_config
+        os.makedirs(run_dir, exist_ok=True)
+        cfg_path = os.path.join(run_dir, "config.yaml")
+        if not os.path.exists(cfg_path):
+            from launch.run import save_config
 
-                save_config(cfg, cfg_path)
-            extra = run_summary_config(cfg)
-            if hgo:
-                from server.hgo import HGOServer
+            save_config(cfg, cfg_path)
+        extra = run_summary_config(cfg)
+        if hgo:
+            from server.hgo import HGOServer
 
-                HGOServer(server_view(cfg), topo, run_dir).run({"config": extra})
-            else:
-                server = Server(server_view(cfg), topo, run_dir, observers=_observers(cfg))
-                server.run({"config": extra})
+            HGOServer(server_view(cfg), topo, run_dir).run({"config": extra})
         else:
-            from worker.trainer import Worker
+            server = Server(server_view(cfg), topo, run_dir, observers=_observers(cfg))
+            server.run({"config": extra})
+    else:
+        from worker.trainer import Worker
 
-            byz = byzantine_ranks(cfg)
-            cdist.join_colluders(topo, byz, float(cfg.comm.timeout_round_s))
-            if hgo:
-                from worker.hgo import HGOWorker
+        byz = byzantine_ranks(cfg)
+        cdist.join_colluders(topo, byz, float(cfg.comm.timeout_round_s))
+        if hgo:
+            from worker.hgo import HGOWorker
 
-                HGOWorker(cfg, topo, run_dir, byz).run()
-            else:
-                Worker(cfg, topo, run_dir, byz).run()
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+            HGOWorker(cfg, topo, run_dir, byz).run()
+        else:
+            Worker(cfg, topo, run_dir, byz).run()
 
 
 def _observers(cfg: DictConfig) -> list:

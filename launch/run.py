@@ -88,17 +88,24 @@ def launch_group(cfg: DictConfig, run_dir: str) -> None:
     elastic_launch(lc, run_rank)(OmegaConf.to_container(cfg, resolve=True), run_dir)
 
 
+#: seconds by which a rank killed by a signal (no record of its own; the launcher's whole-second time of
+#: noticing it) may follow the earliest recorded error and still count as having failed first
+SIGNAL_SLACK_S = 2.0
+
+
 def failure_line(err: BaseException, records: list[dict] = ()) -> str:
     """One line for FAILED and the terminal: the first failed rank with its error, then the ranks that
     failed after it. `records` are the ranks' own error records of the last attempt
     (`launch.node.read_errors`: microsecond times, so a crashed worker comes before the server that lost
-    it; each rank's full error stays in RUN_DIR/errors/); a rank without one (killed by a signal) is taken
-    from the launcher's error record ({"message": ..., "extraInfo": {traceback}}), whose times are whole
-    seconds."""
+    it; each rank's full error stays in RUN_DIR/errors/); a rank without one is taken from the launcher's
+    error record ({"message": ..., "extraInfo": {traceback}}), whose times are whole seconds of when the
+    launcher noticed it. Such a rank killed by a signal (a negative exit code: SIGKILL, the OOM killer, a
+    segfault) counts as first when it was noticed within SIGNAL_SLACK_S of the earliest record."""
     failures = getattr(err, "failures", None) or {}
     entries = [(r.get("time", 0), r.get("rank", 0), f"{r.get('role')} (rank {r.get('rank')})", r.get("error"))
                for r in records]
     own = {r.get("rank") for r in records}
+    first = min((e[0] for e in entries), default=None)
     for rank, f in failures.items():
         if rank in own:
             continue
@@ -106,7 +113,10 @@ def failure_line(err: BaseException, records: list[dict] = ()) -> str:
         if isinstance(msg, dict):
             msg = msg.get("message") or json.dumps(msg)[:300]
         lines = [ln.strip() for ln in str(msg or "").splitlines() if ln.strip()]
-        entries.append((getattr(f, "timestamp", 0), rank, f"rank {f.local_rank} failed (exit {f.exitcode})",
+        when = getattr(f, "timestamp", 0)
+        if first is not None and (f.exitcode or 0) < 0 and when <= first + SIGNAL_SLACK_S:
+            when = first - 1e-6  # died before the ranks that recorded losing it
+        entries.append((when, rank, f"rank {f.local_rank} failed (exit {f.exitcode})",
                         lines[-1] if lines else "no message"))
     if entries:  # the first failure in full; of the later ones, recorded errors by name (RUN_DIR/errors/)
         (_, _, who, error), *later = sorted(entries, key=lambda e: (e[0], e[1]))
@@ -134,7 +144,10 @@ def main(cfg: DictConfig) -> float | None:
     try:
         launch_group(cfg, run_dir)
     except Exception as e:  # noqa: BLE001 - a failed job is reported in one line; a sweep goes on
-        line = failure_line(e, read_errors(run_dir, int(cfg.run.max_restarts)))
+        # the launcher gives up at attempt max_restarts; any other error (a rendezvous that failed) may
+        # come earlier: then the latest attempt that left records
+        attempt = int(cfg.run.max_restarts) if getattr(e, "failures", None) else None
+        line = failure_line(e, read_errors(run_dir, attempt))
         print(f"error: run failed after {cfg.run.max_restarts} restart(s): {line}", file=sys.stderr)
         try:
             save_text(failed, line + "\n")

@@ -19,7 +19,7 @@ from torch import Tensor
 from common import checkpoint
 from common.config import dataset_kwargs, model_kwargs
 from common.data import load_dataset
-from common.dist import Channel, Heartbeat, Topology, all_ranks
+from common.dist import Agreement, Channel, Heartbeat, Topology
 from common.fault import fault_round, maybe_inject
 from common.flat import flatten_model, write_header
 from common.metrics import TB_NAMES, MetricsLogger, write_summary
@@ -134,7 +134,7 @@ class Server:
     def run(self, summary_extra: dict | None = None) -> dict:
         """Train to the end (resuming from the latest consistent checkpoint) and write summary.json."""
         cfg = self.cfg
-        metrics = begin_run(self, all_ranks)  # every worker resumes from the same round
+        metrics = begin_run(self, Agreement(self.topo))  # every worker resumes from the same round
         self.heartbeat = Heartbeat(self.topo)
         torch.distributed.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
         bar = _progress(cfg, self.total_rounds, self.round)
@@ -282,7 +282,7 @@ def begin_run(server, agree=None) -> MetricsLogger:
     if start is not None:
         dropped = checkpoint.forget_after(server.run_dir, start)
         if dropped:
-            log.warning("checkpoint round(s) %s did not load on every rank and were removed", dropped)
+            log.warning("checkpoint round(s) %s did not load on every rank: set aside as *.unreadable", dropped)
         log.info("resuming from the checkpoint of round %d (restart %d)", start, server.restarts)
     return MetricsLogger(server.run_dir, server.round, bool(server.cfg.log.tensorboard))
 

@@ -40,6 +40,22 @@ def test_only_the_latest_keep_rounds_stay_on_disk(tmp_path):
                                                                        "round_00000040"]
 
 
+class FakeAgreement:
+    """The collectives of common.dist.Agreement for ranks simulated one after another: `rounds` is the
+    server's list, `unreadable` answers from what each rank could read (`readable[name]`, per round)."""
+
+    def __init__(self, server_rounds, readable, me):
+        self.server_rounds, self.readable, self.me, self.calls = server_rounds, readable, me, 0
+
+    def rounds(self, read):
+        return list(self.server_rounds)
+
+    def unreadable(self, ok):
+        assert ok == self.readable[self.me][self.calls], "this rank's own reading"
+        i, self.calls = self.calls, self.calls + 1
+        return [r for r, name in enumerate(self.readable) if not self.readable[name][i]]
+
+
 def test_a_round_that_some_rank_cannot_read_falls_back_to_the_older_kept_round(tmp_path):
     run, names = str(tmp_path), ["server", "worker_1", "worker_2"]
     for rnd in (10, 20, 30):
@@ -47,27 +63,43 @@ def test_a_round_that_some_rank_cannot_read_falls_back_to_the_older_kept_round(t
         checkpoint.mark_complete(run, rnd, names, keep=2)
     with open(os.path.join(checkpoint.ckpt_root(run), "round_00000030", "worker_2.pt"), "wb") as fh:
         fh.write(b"torn")  # damaged outside the run: it was written atomically
-    # the group agrees round by round: worker 1 reads round 30 but must not resume from it alone
-    calls = {"server": [], "worker_1": [], "worker_2": []}
-    readable = {name: [] for name in names}
-    for name in names:  # what each rank can read, newest round first (a group that never agrees)
-        with pytest.raises(RuntimeError, match="another rank could not read|round 30: worker_2.pt"):
-            checkpoint.resume(run, name, lambda s: pytest.fail("no agreement"),
-                              agree=lambda ok, n=name: readable[n].append(ok) or False)
-    assert readable == {"server": [True, True], "worker_1": [True, True], "worker_2": [False, True]}
-    every = [all(oks) for oks in zip(*readable.values())]  # the collective: a round every rank read
+    # round 30 reads on the server and worker 1, not on worker 2: all three resume from round 20
+    readable = {"server": [True, True], "worker_1": [True, True], "worker_2": [False, True]}
     for name in names:
-        it = iter(every)
-        assert checkpoint.resume(run, name, calls[name].append, agree=lambda ok, it=it: next(it)) == 20
-        assert [c["round"] for c in calls[name]] == [20] and calls[name][0]["name"] == name
+        got = []
+        agree = FakeAgreement([30, 20], readable, name)
+        assert checkpoint.resume(run, name, got.append, agree) == 20 and agree.calls == 2
+        assert [(g["round"], g["name"]) for g in got] == [(20, name)]
     assert checkpoint.forget_after(run, 20) == [30]  # the server drops the round that did not load
     assert checkpoint.read_manifest(run)["complete"] == [20]
-    assert sorted(os.listdir(checkpoint.ckpt_root(run))) == ["manifest.json", "round_00000020"]
-    # a rank alone (agree=None) falls back by itself; when no kept round loads, the error names the files
+    assert sorted(os.listdir(checkpoint.ckpt_root(run))) == ["manifest.json", "round_00000020",
+                                                             "round_00000030.unreadable"]  # set aside
+    # the server's list rules: a rank whose copy of the manifest is stale still tries the same rounds
+    agree = FakeAgreement([20], {"server": [True], "worker_1": [True], "worker_2": [True]}, "worker_1")
+    assert checkpoint.resume(run, "worker_1", lambda s: None, agree) == 20
+    # when no kept round loads, every rank names the rounds and ranks, this one its own files too
     with open(os.path.join(checkpoint.ckpt_root(run), "round_00000020", "server.pt"), "wb") as fh:
         fh.write(b"")
-    with pytest.raises(RuntimeError, match=r"no consistent round .* loads on every rank \(round 20: server.pt: "):
+    agree = FakeAgreement([20], {"server": [False], "worker_1": [True], "worker_2": [True]}, "worker_1")
+    with pytest.raises(RuntimeError, match=r"loads on every rank \(round 20 unreadable on rank\(s\) \[0\]\): "):
+        checkpoint.resume(run, "worker_1", lambda s: pytest.fail("nothing loads"), agree)
+    with pytest.raises(RuntimeError, match=r"\(round 20 unreadable; here round 20: server.pt: EOFError"):  # alone
         checkpoint.resume(run, "server", lambda s: pytest.fail("nothing loads"))
+
+
+def test_an_io_error_is_not_a_damaged_round(tmp_path, monkeypatch):
+    """A transient storage error must not make the group give up (and set aside) an intact round."""
+    run = str(tmp_path)
+    _save_round(tmp_path, 10, names=("server",))
+    checkpoint.mark_complete(run, 10, ["server"])
+
+    def flaky(*a, **k):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(checkpoint.torch, "load", flaky)
+    with pytest.raises(OSError, match="Input/output error"):
+        checkpoint.resume(run, "server", lambda s: pytest.fail("nothing loads"))
+    assert checkpoint.read_manifest(run)["complete"] == [10]
 
 
 def test_no_manifest_means_a_fresh_start_and_a_damaged_one_is_an_error(tmp_path):

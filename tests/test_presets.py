@@ -158,9 +158,9 @@ def test_paper_a_cpu_twins_run_on_the_embedded_data(make, preset):
 
 
 @pytest.mark.parametrize("model", ["logreg", "ffn"])
-def test_paper_b_fig4_deadline_lets_sgd_follow_the_device_scenario(make, model):
-    """Fig. 4 compares HGO with SGD across scenarios: SGD's full gradient must fit within tau on the
-    powerful devices (all of them in C_powerful) and on none in C_weak, for both models."""
+def test_paper_b_fig4_deadline_lets_sgd_follow_the_device_classes(make, model):
+    """Fig. 4 compares HGO with SGD across scenarios: SGD's full gradient must fit within tau on every
+    powerful device and on no weak one, for both models (and on few average ones: none for the network)."""
     from common.config import INPUT_SHAPES, NUM_CLASSES, model_kwargs
     from common.models import build_model, num_parameters
     from worker.profiles import assign_profiles, draw_rate, rate_table, sgd_length
@@ -168,11 +168,13 @@ def test_paper_b_fig4_deadline_lets_sgd_follow_the_device_scenario(make, model):
     cfg = make("paperB_fig4", f"model={model}")
     d = num_parameters(build_model(cfg.model.name, INPUT_SHAPES["mnist"], NUM_CLASSES["mnist"], **model_kwargs(cfg)))
     table, tau, s, m = rate_table("auto", dict(cfg.model)), float(cfg.hgo.tau), int(cfg.batch_size), int(cfg.workers)
-    capable = {}
+    capable, total = {}, {}
     for scenario in ("C_weak", "default", "C_powerful"):
-        lams = [draw_rate(p, table, 0, k + 1) for k, p in enumerate(assign_profiles(m, scenario, 0))]
-        capable[scenario] = sum(sgd_length(tau, lam, s, d) == d for lam in lams)
-    assert capable["C_weak"] == 0 and 25 <= capable["default"] <= 40 and capable["C_powerful"] == m, capable
+        for k, p in enumerate(assign_profiles(m, scenario, 0)):
+            fits = sgd_length(tau, draw_rate(p, table, 0, k + 1), s, d) == d
+            capable[p], total[p] = capable.get(p, 0) + fits, total.get(p, 0) + 1
+    assert capable["weak"] == 0 and capable["powerful"] == total["powerful"], capable
+    assert capable["average"] <= (0 if model == "ffn" else 0.2 * total["average"]), capable
 
 
 @pytest.mark.parametrize("preset", PAPER_B)

@@ -201,9 +201,15 @@ def test_failure_line_quotes_every_failed_ranks_error_not_its_record():
                {"time": 10.1, "rank": 2, "role": "worker 2", "error": "ValueError: boom"}]
     assert failure_line(err, records) == ("rank 3 failed (exit -9): no message | then: worker 2 (rank 2), "
                                           "server (rank 0)")
-    err.failures[3].timestamp = 11
+    err.failures[3].timestamp = 11  # noticed within SIGNAL_SLACK_S (whole seconds): killed first
+    assert failure_line(err, records).startswith("rank 3 failed (exit -9): no message | then: worker 2 (rank 2)")
+    err.failures[3].timestamp = 13  # noticed well after the first recorded error
     assert failure_line(err, records) == ("worker 2 (rank 2): ValueError: boom | then: server (rank 0), "
                                           "rank 3 failed (exit -9): no message")
+    err.failures[3].exitcode, err.failures[3].timestamp = 1, 10  # an exit without a record: by time only
+    assert failure_line(err, records).startswith("rank 3 failed (exit 1): no message | then: worker 2")
+    err.failures[3].timestamp = 11
+    assert failure_line(err, records).startswith("worker 2 (rank 2): ValueError: boom | then: server (rank 0), ")
 
 
 def test_error_records_keep_the_rank_role_and_attempt_and_skip_stale_ones(tmp_path):
@@ -222,6 +228,7 @@ def test_error_records_keep_the_rank_role_and_attempt_and_skip_stale_ones(tmp_pa
     assert [(r["rank"], r["role"], r["error"]) for r in recs] == [
         (4, "worker 4", "ValueError: bad shard"), (0, "server", "RuntimeError: lost worker 4")]
     assert recs[0]["time"] <= recs[1]["time"] and [r["rank"] for r in read_errors(run, 0)] == [2]
+    assert read_errors(run) == recs  # no attempt given: the latest one that left records
 
 
 def test_node_check_validates_without_a_group_and_names_group_problems(tmp_path, capsys):

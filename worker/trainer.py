@@ -17,7 +17,7 @@ from torch import Tensor
 from common import checkpoint
 from common.config import dataset_kwargs, model_kwargs
 from common.data import black_pixel, load_dataset, make_partition
-from common.dist import Channel, Heartbeat, Topology, all_ranks
+from common.dist import Agreement, Channel, Heartbeat, Topology
 from common.fault import fault_round, maybe_inject
 from common.flat import H_CKPT, H_ROUND, H_STOP, flatten_model
 from common.models import build_model
@@ -123,7 +123,8 @@ class Worker:
 
     def run(self) -> None:
         cfg = self.cfg
-        checkpoint.resume(self.run_dir, f"worker_{self.index}", self.load_state_dict, all_ranks)
+        checkpoint.resume(self.run_dir, f"worker_{self.index}", self.load_state_dict,
+                          Agreement(self.topo))
         known = self.honest if self.knowledge_mode == "omniscient" else self.byzantine
         ctx = AttackContext(n=self.topo.m, f=len(self.byzantine), rank=self.index,
                             aggregator=dict(cfg.aggregator), declared_f=int(cfg.aggregator.f),
