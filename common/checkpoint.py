@@ -83,8 +83,8 @@ def read_manifest(run_dir: str) -> dict[str, Any]:
 
 def latest_round(run_dir: str) -> int | None:
     """The latest round that every rank has checkpointed, or None."""
-    complete = read_manifest(run_dir).get("complete", [])
-    return max(complete) if complete else None
+    complete = consistent_rounds(run_dir)
+    return complete[0] if complete else None
 
 
 def mark_complete(run_dir: str, rnd: int, names: list[str], keep: int = 2) -> None:

@@ -20,6 +20,7 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from common import checkpoint
 from common import dist as cdist
 from common.config import ConfigError, byzantine_ranks, check_run_dir
+from common.hgo import is_hgo
 
 log = logging.getLogger("byz")
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
@@ -43,7 +44,7 @@ def run_summary_config(cfg: DictConfig) -> dict:
     name, knowledge = att.pop("name"), att.pop("knowledge", "omniscient")
     attack = get_attack(name, **att)
     m, byz = int(cfg.workers), byzantine_ranks(cfg)
-    hgo = str(cfg.algorithm.name) in ("hgo", "sgd")
+    hgo = is_hgo(cfg)
     resolved = {}
     try:  # the attack's resolved parameters (e.g. ALIE's z) for this (m, f)
         ctx = AttackContext(n=m, f=len(byz), aggregator=OmegaConf.to_container(cfg.aggregator, resolve=True),
@@ -134,7 +135,7 @@ def _run_rank(container: dict, run_dir: str, who: dict) -> None:
     if topo.is_server and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         log.warning("the torchrun agents share their rendezvous store: an agent replaced alone (a restarted "
                     "container) cannot rejoin this run; set %s=1 in every agent's environment", SHARED_STORE_OFF)
-    hgo = str(cfg.algorithm.name) in ("hgo", "sgd")  # paper B's partial-gradient mode (server/hgo.py, worker/hgo.py)
+    hgo = is_hgo(cfg)  # paper B's partial-gradient mode (server/hgo.py, worker/hgo.py)
     if topo.is_server:
         from server.trainer import Server
 
