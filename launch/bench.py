@@ -4,6 +4,10 @@ Scenarios
   round        round time of the real system (1 + 8 processes, CPU/Gloo, MNIST-5k CNN, ByzSGDnm + cc,
                no attack) at B in {32, 256}, its breakdown, and the floor of this machine:
                floor = m * t_grad(B) / min(m, cores) + t_agg
+  steps        CPU per step of the CNN when 1, `cores` (pinned) and 8 processes run it at once, with the
+               kernel's default time slice and with a 50 ms one: what sharing a core costs a step
+  threads      CPU and preemptions per round of every thread of every rank (server, mean worker), read
+               from /proc while the `round` scenario's job runs at B = 32 (Linux)
   scaling      rounds/s and breakdown for m in {8, 16, 32, 64} workers (logreg and MLP on MNIST-5k)
   comm         a round with no compute: 1 + m processes that only broadcast and gather (the
                communication floor), through common.dist.Channel and through the generic wrappers
@@ -96,10 +100,13 @@ def per_round_breakdown(rows: list[dict], skip: int) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------- floors
 
-def t_grad(model_name: str, batch: int, reps: int = 30, dataset: str = "mnist5k", clock=time.perf_counter,
-           **model_kw) -> float:
-    """Median seconds of one forward + backward on `batch` samples, single-threaded, one process
-    (wall time; `clock=time.process_time` gives the CPU time the step costs its process)."""
+def step_costs(model_name: str, batch: int, reps: int = 30, dataset: str = "mnist5k", clock=time.perf_counter,
+               **model_kw) -> tuple[list[float], float]:
+    """Seconds of each of `reps` forward + backward steps on `batch` samples after 3 untimed warm-ups,
+    single-threaded, in this process (wall time; `clock=time.process_time` gives the CPU time the step
+    costs its process), and the involuntary context switches per timed step (preemptions)."""
+    import resource
+
     from common.data import load_dataset
     from common.flat import flatten_model
     from common.models import build_model
@@ -112,29 +119,88 @@ def t_grad(model_name: str, batch: int, reps: int = 30, dataset: str = "mnist5k"
         x, y = ds.x_train[:batch], ds.y_train[:batch]
         times = []
         for i in range(reps + 3):
+            if i == 3:
+                switches = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
             t0 = clock()
             fm.grad.zero_()
             F.cross_entropy(fm.model(x), y).backward()
             if i >= 3:
                 times.append(clock() - t0)
-        return statistics.median(times)
+        switches = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - switches
+        return times, switches / max(1, reps)
     finally:
         torch.set_num_threads(threads)
 
 
-def _t_grad_child(args):
-    model_name, batch = args
-    return t_grad(model_name, batch, reps=60, clock=time.process_time)
+def t_grad(model_name: str, batch: int, reps: int = 30, dataset: str = "mnist5k", clock=time.perf_counter,
+           **model_kw) -> float:
+    """Median seconds of one forward + backward on `batch` samples, single-threaded, one process
+    (wall time; `clock=time.process_time` gives the CPU time the step costs its process)."""
+    return statistics.median(step_costs(model_name, batch, reps, dataset, clock, **model_kw)[0])
+
+
+SLICE_MS = 50.0  # the long time slice of the `steps` scenario
+
+
+def request_slice(ms: float) -> str | None:
+    """Ask Linux (6.12+, EEVDF) for a CPU time slice of `ms` for the calling thread: `sched_setattr(2)`
+    with `sched_runtime` on its fair policy (no privilege needed). None when done, else why not."""
+    import ctypes
+    import platform
+
+    calls = {"x86_64": (314, 315), "aarch64": (274, 275)}.get(platform.machine())  # set, get
+    if platform.system() != "Linux" or calls is None:
+        return f"sched_setattr is not available on {platform.system()} {platform.machine()}"
+
+    class SchedAttr(ctypes.Structure):  # struct sched_attr, SCHED_ATTR_SIZE_VER1
+        _fields_ = [(n, ctypes.c_uint32) for n in ("size", "policy")] + [("flags", ctypes.c_uint64)] + \
+                   [("nice", ctypes.c_int32), ("priority", ctypes.c_uint32)] + \
+                   [(n, ctypes.c_uint64) for n in ("runtime", "deadline", "period")] + \
+                   [(n, ctypes.c_uint32) for n in ("util_min", "util_max")]
+
+    libc, attr = ctypes.CDLL(None, use_errno=True), SchedAttr()
+    if libc.syscall(calls[1], 0, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
+        return f"sched_getattr failed: {os.strerror(ctypes.get_errno())}"
+    if attr.policy not in (os.SCHED_OTHER, os.SCHED_BATCH):
+        return f"the thread's scheduling policy {attr.policy} is not a fair one"
+    attr.size, attr.flags, attr.runtime = ctypes.sizeof(attr), 0, int(ms * 1e6)
+    if libc.syscall(calls[0], 0, ctypes.byref(attr), 0) != 0:
+        return f"sched_setattr failed: {os.strerror(ctypes.get_errno())}"
+    return None
+
+
+def _step_child(args) -> tuple[float, float] | str:
+    model_name, batch, reps, cpu, slice_ms = args
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    why = request_slice(slice_ms) if slice_ms else None
+    if why:
+        return why
+    times, switches = step_costs(model_name, batch, reps, clock=time.process_time)
+    return statistics.median(times), switches
+
+
+def step_costs_shared(model_name: str, batch: int, procs: int, reps: int = 60, pin: bool = False,
+                      slice_ms: float = 0.0) -> list[tuple[float, float]] | str:
+    """(median CPU seconds per step, involuntary switches per step) of each of `procs` single-threaded
+    processes that run the step at once on this machine's cores, as the m workers of a round do (with
+    more processes than cores each step is time-sliced with the others on its core); `pin` puts process
+    i on core i mod cores, `slice_ms` asks for that time slice. A string says why it could not run."""
+    import multiprocessing as mp
+
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    args = [(model_name, batch, reps, cores[i % len(cores)] if pin and cores else None, slice_ms)
+            for i in range(procs)]
+    with mp.get_context("spawn").Pool(procs) as pool:
+        out = pool.map(_step_child, args)
+    return next((o for o in out if isinstance(o, str)), out)
 
 
 def t_grad_shared(model_name: str, batch: int, procs: int) -> float:
     """CPU seconds of one step when `procs` single-threaded processes run it at once on this machine's
     cores, as the m workers of a round do: with more processes than cores each step is time-sliced with
     the others on its core and finds its caches filled by them."""
-    import multiprocessing as mp
-
-    with mp.get_context("spawn").Pool(procs) as pool:
-        return statistics.mean(pool.map(_t_grad_child, [(model_name, batch)] * procs))
+    return statistics.mean(c for c, _ in step_costs_shared(model_name, batch, procs))
 
 
 def t_agg(rule: str, m: int, d: int, f: int = 0, reps: int = 20, **params) -> float:
@@ -178,6 +244,132 @@ def scenario_round(quick: bool) -> str:
                      f"{bd['communication'] * 1e3:.1f} | {bd['aggregation'] * 1e3:.2f} | {bd['update'] * 1e3:.2f} | "
                      f"{tg * 1e3:.1f} | {ta * 1e3:.2f} | {floor * 1e3:.1f} | **{rt / floor:.2f}** | "
                      f"{tgc * 1e3:.1f} | {floor_c * 1e3:.1f} | {rt / floor_c:.2f} |")
+    return "\n".join(lines)
+
+
+def scenario_steps(quick: bool) -> str:
+    """What sharing a core costs a step: CPU per step of the MNIST-5k CNN when 1, `cores` (pinned) and
+    m = 8 processes run it at once, with the kernel's default time slice and with a long one."""
+    m, cores = 8, os.cpu_count() or 1
+    lines = ["| B | processes | time slice | CPU ms per step (mean of the medians) | range over the processes |"
+             " involuntary switches per step |", "|" + "---|" * 6]
+    for B in (32, 256):
+        reps = (20 if quick else 200) if B <= 64 else (5 if quick else 40)
+        for procs, pin, slice_ms in ((1, False, 0.0), (cores, True, 0.0), (m, False, 0.0), (m, False, SLICE_MS)):
+            label = f"{procs}" + (", one per core" if pin else "")
+            kind = f"{slice_ms:g} ms asked" if slice_ms else "default"
+            res = step_costs_shared("cnn", B, procs, reps=reps, pin=pin, slice_ms=slice_ms)
+            if isinstance(res, str):
+                lines.append(f"| {B} | {label} | {kind} | n/a ({res}) | | |")
+                continue
+            cpu = [c * 1e3 for c, _ in res]
+            lines.append(f"| {B} | {label} | {kind} | {statistics.mean(cpu):.2f} | {min(cpu):.2f}-{max(cpu):.2f} | "
+                         f"{statistics.mean(s for _, s in res):.2f} |")
+    return "\n".join(lines)
+
+
+def _proc_children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    return children
+
+
+def thread_snapshot(root: int) -> dict[tuple[int, int], tuple[str, float, int]]:
+    """(pid, tid) -> (thread name, CPU seconds, involuntary switches) of every thread of the ranks below
+    process `root` (the processes that run Gloo threads)."""
+    children, todo, pids = _proc_children(), [root], []
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo += children.get(pid, [])
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+            threads = {}
+            for tid in tids:
+                base = f"/proc/{pid}/task/{tid}"
+                with open(f"{base}/stat") as fh:
+                    rest = fh.read().rsplit(")", 1)[1].split()
+                with open(f"{base}/comm") as fh:
+                    name = fh.read().strip()
+                with open(f"{base}/status") as fh:
+                    invol = next(int(ln.split()[1]) for ln in fh if ln.startswith("nonvoluntary_ctxt_switches"))
+                threads[(pid, tid)] = (name, (int(rest[11]) + int(rest[12])) / tick, invol)
+        except (OSError, StopIteration, ValueError, IndexError):
+            continue  # a process or thread that ended meanwhile
+        if any(name.startswith("gloo") for name, _, _ in threads.values()):
+            out.update(threads)
+    return out
+
+
+def thread_accounting(overrides: list[str], warmup_s: float, window_s: float) -> dict:
+    """Run the real system in a child `python -m launch.run` and read every rank's thread clocks over a
+    window of steady rounds: CPU ms and involuntary switches per round, per kind of thread, for the
+    server (the rank with the lowest process id: `launch.run` starts local rank 0 first) and the mean
+    worker. Linux only (/proc)."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [*overrides, f"run.dir={tmp}/run", "log.progress=false", "log.tensorboard=false"]
+        proc = subprocess.Popen([sys.executable, "-m", "launch.run", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(warmup_s)
+            a, t0 = thread_snapshot(proc.pid), time.perf_counter()
+            time.sleep(window_s)
+            b, t1 = thread_snapshot(proc.pid), time.perf_counter()
+        finally:
+            err = proc.communicate()[1]
+        if proc.returncode:
+            raise RuntimeError(f"benchmark job failed: {err.strip()[-2000:]}")
+        with open(os.path.join(tmp, "run", "metrics.jsonl")) as fh:
+            rows = [json.loads(line) for line in fh if line.strip()]
+    rt = steady_round_time(rows, skip=20)
+    rounds = (t1 - t0) / rt
+    ranks = sorted({pid for pid, _ in b})
+    if len(ranks) < 2:
+        raise RuntimeError("the job's ranks were not found under /proc")
+    table: dict[str, dict[str, list[float]]] = {}
+    for (pid, tid), (name, cpu, invol) in b.items():
+        if (pid, tid) not in a:
+            continue
+        kind = "main" if pid == tid else name
+        role = "server" if pid == ranks[0] else "worker"
+        cell = table.setdefault(role, {}).setdefault(kind, [0.0, 0.0])
+        cell[0] += (cpu - a[(pid, tid)][1]) * 1e3 / rounds
+        cell[1] += (invol - a[(pid, tid)][2]) / rounds
+    for kind, cell in table.get("worker", {}).items():
+        table["worker"][kind] = [v / (len(ranks) - 1) for v in cell]
+    return {"round_ms": rt * 1e3, "rounds": rounds, "workers": len(ranks) - 1, "table": table}
+
+
+def scenario_threads(quick: bool) -> str:
+    """Where a round's CPU goes, thread by thread (CNN, B = 32, the `round` scenario's job)."""
+    if not os.path.isdir("/proc/self/task"):
+        return "n/a: the thread clocks are read from Linux's /proc"
+    res = thread_accounting(["model=cnn", "aggregator=cc", "attack=none", "byzantine.count=0", "batch_size=32",
+                             "epochs=1000", f"max_rounds={400 if quick else 900}", "eval_every=100000",
+                             "log.every=10", "checkpoint.every=0"], warmup_s=12.0, window_s=3.0 if quick else 6.0)
+    lines = [f"Round {res['round_ms']:.1f} ms over a window of {res['rounds']:.0f} rounds.", "",
+             "| rank | thread | CPU ms per round | involuntary switches per round |", "|---|---|---|---|"]
+    total = 0.0
+    for role, n in (("server", 1), ("worker", res["workers"])):
+        for kind, (cpu, invol) in sorted(res["table"].get(role, {}).items(), key=lambda kv: -kv[1][0]):
+            total += cpu * n
+            if cpu >= 0.01 or invol >= 0.1:
+                lines.append(f"| {role if role == 'server' else 'each worker (mean)'} | {kind} | {cpu:.2f} | "
+                             f"{invol:.1f} |")
+    lines.append(f"| all | all | {total:.1f} ({total / (os.cpu_count() or 1):.1f} ms on each of "
+                 f"{os.cpu_count()} cores) | |")
     return "\n".join(lines)
 
 
@@ -347,9 +539,12 @@ def scenario_gpu(quick: bool) -> str:
     return "\n".join(lines)
 
 
-SCENARIOS = {"round": scenario_round, "scaling": scenario_scaling, "comm": scenario_comm, "gpu": scenario_gpu,
+SCENARIOS = {"round": scenario_round, "steps": scenario_steps, "threads": scenario_threads,
+             "scaling": scenario_scaling, "comm": scenario_comm, "gpu": scenario_gpu,
              "aggregators": None}  # launch.bench_aggregators writes its own section
 TITLES = {"round": "Round overhead vs the floor (CPU, Gloo, 1 + 8 processes)",
+          "steps": "What sharing a core costs a step (CPU)",
+          "threads": "Where a round's CPU goes, thread by thread (CPU, Gloo, 1 + 8 processes, B = 32)",
           "scaling": "Scaling with the number of workers m (CPU)",
           "comm": "Communication alone: broadcast + gather with no compute (CPU, Gloo)",
           "gpu": "ResNet-20, 1 + 8 ranks on one device, projected to 160 epochs",

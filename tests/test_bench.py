@@ -75,3 +75,94 @@ def test_gpu_utilisation_counts_only_the_gpus_the_job_used():
                    [[80, 4096], [0, 300], [60, 3500]]]
     assert gpu.mean() == 55.0  # (10 + 90 + 80 + 20 + 70 + 60) / 6
     assert gpu.peak_mib() == 7596.0  # 4096 + 3500 at the third sample
+
+
+def test_step_costs_time_each_step_after_the_warm_ups_and_count_preemptions():
+    times, switches = bench.step_costs("logreg", 8, reps=4, clock=time.process_time)
+    assert len(times) == 4 and all(t > 0 for t in times) and switches >= 0
+
+
+def test_request_slice_changes_the_calling_thread_alone():
+    import platform
+    import threading
+
+    if platform.system() != "Linux":
+        assert bench.request_slice(bench.SLICE_MS) is not None
+        return
+    seen = {}
+
+    def slice_ns() -> int | None:
+        try:
+            with open("/proc/thread-self/sched") as fh:
+                return next((int(ln.split(":")[1]) for ln in fh if ln.startswith("se.slice")), None)
+        except OSError:
+            return None
+
+    def probe():  # in its own thread, so that the test process keeps its slice
+        seen["why"] = bench.request_slice(37.0)
+        seen["slice"] = slice_ns()
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    if seen["why"] is not None:  # refused here (a seccomp filter, another architecture): said in words
+        assert isinstance(seen["why"], str) and seen["why"]
+        return
+    if seen["slice"] is not None:  # kernels before 6.12 accept the request without a per-thread slice
+        assert seen["slice"] in (37_000_000, slice_ns()) and slice_ns() != 37_000_000
+
+
+@pytest.mark.e2e  # starts 2 spawned processes
+def test_step_costs_shared_runs_one_process_per_core_pinned():
+    out = bench.step_costs_shared("logreg", 8, 2, reps=3, pin=True)
+    assert len(out) == 2 and all(c > 0 and s >= 0 for c, s in out)
+
+
+def test_steps_table_averages_the_processes_and_says_why_a_row_could_not_run(monkeypatch):
+    def fake(model, batch, procs, reps=60, pin=False, slice_ms=0.0):
+        if slice_ms:
+            return "sched_setattr failed: Operation not permitted"
+        return [(0.004 + 0.001 * i, 1.5) for i in range(procs)]
+
+    monkeypatch.setattr(bench, "step_costs_shared", fake)
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    rows = bench.scenario_steps(quick=True).splitlines()[2:]
+    assert len(rows) == 8  # 4 settings x B in (32, 256)
+    assert rows[0] == "| 32 | 1 | default | 4.00 | 4.00-4.00 | 1.50 |"
+    assert rows[1] == "| 32 | 2, one per core | default | 4.50 | 4.00-5.00 | 1.50 |"
+    assert rows[2] == "| 32 | 8 | default | 7.50 | 4.00-11.00 | 1.50 |"
+    assert rows[3] == "| 32 | 8 | 50 ms asked | n/a (sched_setattr failed: Operation not permitted) | | |"
+
+
+@pytest.mark.e2e  # a child process with a Gloo group of one rank
+def test_thread_snapshot_reads_the_threads_of_processes_that_run_gloo():
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("no /proc")
+    code = ("import sys, torch.distributed as dist; dist.init_process_group('gloo', store=dist.HashStore(), rank=0,"
+            " world_size=1); print('up', flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "up"
+        snap = bench.thread_snapshot(child.pid)
+    finally:
+        child.communicate("")
+    assert {pid for pid, _ in snap} == {child.pid}  # the group's rank, found through its Gloo threads
+    assert (child.pid, child.pid) in snap and any(name.startswith("gloo") for name, _, _ in snap.values())
+    assert all(cpu >= 0 and invol >= 0 for _, cpu, invol in snap.values())
+
+
+def test_threads_table_lists_server_and_mean_worker_threads_and_the_total(monkeypatch):
+    res = {"round_ms": 30.0, "rounds": 200.0, "workers": 2,
+           "table": {"server": {"main": [2.0, 1.0], "gloo_tcp_loop": [0.5, 2.0]},
+                     "worker": {"main": [6.0, 6.5], "pt_gloo_runloop": [0.001, 0.0]}}}
+    monkeypatch.setattr(bench, "thread_accounting", lambda *a, **k: res)
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    lines = bench.scenario_threads(quick=True).splitlines()
+    assert lines[0] == "Round 30.0 ms over a window of 200 rounds."
+    assert lines[4:] == ["| server | main | 2.00 | 1.0 |", "| server | gloo_tcp_loop | 0.50 | 2.0 |",
+                         "| each worker (mean) | main | 6.00 | 6.5 |",  # the idle run loop is left out
+                         "| all | all | 14.5 (7.3 ms on each of 2 cores) | |"]
