@@ -335,21 +335,27 @@ def thread_accounting(overrides: list[str], warmup_s: float, window_s: float) ->
             rows = [json.loads(line) for line in fh if line.strip()]
     rt = steady_round_time(rows, skip=20)
     rounds = (t1 - t0) / rt
+    workers, table = per_round_by_thread(a, b, rounds)
+    return {"round_ms": rt * 1e3, "rounds": rounds, "workers": workers, "table": table}
+
+
+def per_round_by_thread(a: dict, b: dict, rounds: float) -> tuple[int, dict[str, dict[str, list[float]]]]:
+    """From two `thread_snapshot`s taken `rounds` rounds apart: the number of workers, and per role
+    ("server": the rank with the lowest process id; "worker": the mean over the others) and kind of thread
+    ("main", else the thread's name) [CPU ms, involuntary switches] per round. Threads absent from `a`
+    (started in between) are left out."""
     ranks = sorted({pid for pid, _ in b})
     if len(ranks) < 2:
         raise RuntimeError("the job's ranks were not found under /proc")
-    table: dict[str, dict[str, list[float]]] = {}
+    workers, table = len(ranks) - 1, {}
     for (pid, tid), (name, cpu, invol) in b.items():
         if (pid, tid) not in a:
             continue
-        kind = "main" if pid == tid else name
-        role = "server" if pid == ranks[0] else "worker"
-        cell = table.setdefault(role, {}).setdefault(kind, [0.0, 0.0])
-        cell[0] += (cpu - a[(pid, tid)][1]) * 1e3 / rounds
-        cell[1] += (invol - a[(pid, tid)][2]) / rounds
-    for kind, cell in table.get("worker", {}).items():
-        table["worker"][kind] = [v / (len(ranks) - 1) for v in cell]
-    return {"round_ms": rt * 1e3, "rounds": rounds, "workers": len(ranks) - 1, "table": table}
+        role, share = ("server", 1) if pid == ranks[0] else ("worker", workers)
+        cell = table.setdefault(role, {}).setdefault("main" if pid == tid else name, [0.0, 0.0])
+        cell[0] += (cpu - a[(pid, tid)][1]) * 1e3 / rounds / share
+        cell[1] += (invol - a[(pid, tid)][2]) / rounds / share
+    return workers, table
 
 
 def scenario_threads(quick: bool) -> str:
@@ -368,8 +374,8 @@ def scenario_threads(quick: bool) -> str:
             if cpu >= 0.01 or invol >= 0.1:
                 lines.append(f"| {role if role == 'server' else 'each worker (mean)'} | {kind} | {cpu:.2f} | "
                              f"{invol:.1f} |")
-    lines.append(f"| all | all | {total:.1f} ({total / (os.cpu_count() or 1):.1f} ms on each of "
-                 f"{os.cpu_count()} cores) | |")
+    cores = os.cpu_count() or 1
+    lines.append(f"| all | all | {total:.1f} ({total / cores:.1f} ms on each of {cores} cores) | |")
     return "\n".join(lines)
 
 
