@@ -172,6 +172,7 @@ def check_fields(cfg: Mapping) -> None:
     _choice(cfg, "device", ("cpu", "cuda", "auto"))
     _int(cfg, "eval_every", 1)
     _choice(cfg, "comm.backend", ("auto", "gloo", "nccl"))
+    _choice(cfg, "comm.pattern", ("auto", "p2p", "collective"))
     addr = _get(cfg, "comm.master_addr")
     if not isinstance(addr, str) or not addr.strip():
         raise ConfigError(f"comm.master_addr={addr!r} must be a host name or an IP address")

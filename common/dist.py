@@ -8,6 +8,7 @@ Workers are the other ranks in global-rank order and get worker indices 1..m.
 Groups: the default group is always Gloo on the CPU (control: roles, barriers) with the generous
 start-up timeout. Round traffic runs on a data group with the shorter round timeout: NCCL when every
 rank owns a distinct GPU, Gloo otherwise (CPU, or ranks sharing a GPU, staged through pinned host memory).
+On Gloo with every rank on one host, a round's messages are point-to-point (`Channel`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class Topology:
     data_group: object
     worker_group: object | None = None  # all workers: the knowledge channel of omniscient attacks
     colluder_group: object | None = None  # Byzantine workers only (attack.knowledge=colluders)
+    pattern: str = "collective"  # how Channel moves a round: "p2p" or "collective" (choose_pattern)
 
     @property
     def is_server(self) -> bool:
@@ -101,6 +103,23 @@ def choose_backend(requested: str, keys: list[int], nccl_available: bool) -> str
     return requested
 
 
+def host_key() -> int:
+    """The same number in every process of this host (a checksum of its name)."""
+    return zlib.crc32(socket.gethostname().encode())
+
+
+def choose_pattern(requested: str, backend: str, hosts: list[int]) -> str:
+    """How a round's messages travel (`Channel`). `auto`: point-to-point on Gloo when every rank runs on
+    one host, where a message is a copy between processes and the server's m sends cost less than the
+    tree's relays; collectives otherwise (the broadcast tree spares the server's network link, which
+    would carry m copies of w_t). NCCL always uses collectives."""
+    if requested == "auto":
+        return "p2p" if backend == "gloo" and len(set(hosts)) == 1 else "collective"
+    if requested == "p2p" and backend != "gloo":
+        raise RuntimeError("comm.pattern=p2p needs the Gloo data group; use comm.pattern=collective or auto with NCCL")
+    return requested
+
+
 def init(cfg) -> Topology:
     """Join the group started by torchrun and work out roles, device and the data group."""
     timeout = timedelta(seconds=float(cfg.comm.timeout_start_s))
@@ -115,8 +134,8 @@ def init(cfg) -> Topology:
     device = pick_device(str(cfg.device))
     if device.type == "cuda":  # the current device: bare synchronize/autocast calls and NCCL use it
         torch.cuda.set_device(device)
-    me = torch.tensor([{"server": 1, "worker": 0}.get(role, -1), device_key(device)], dtype=torch.int64)
-    table = [torch.zeros(2, dtype=torch.int64) for _ in range(world)]
+    me = torch.tensor([{"server": 1, "worker": 0}.get(role, -1), device_key(device), host_key()], dtype=torch.int64)
+    table = [torch.zeros(3, dtype=torch.int64) for _ in range(world)]
     dist.all_gather(table, me)
     claims = [r for r in range(world) if int(table[r][0]) == 1]
     if len(claims) > 1:
@@ -129,7 +148,8 @@ def init(cfg) -> Topology:
         os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
     data_group = dist.new_group(list(range(world)), timeout=round_timeout, backend=backend)
     worker_group = dist.new_group(workers, timeout=round_timeout, backend=backend)
-    return Topology(rank, world, server, workers, device, backend, data_group, worker_group)
+    pattern = choose_pattern(str(cfg.comm.pattern), backend, [int(t[2]) for t in table])
+    return Topology(rank, world, server, workers, device, backend, data_group, worker_group, pattern=pattern)
 
 
 class Agreement:
@@ -164,8 +184,20 @@ def join_colluders(topo: Topology, byzantine_workers: list[int], timeout_s: floa
 
 
 class Channel:
-    """Broadcast from the server and gather to the server, staging through host memory when the
-    data group is Gloo but tensors live on a GPU."""
+    """A round's two exchanges: the server's buffer (header + w_t) to every worker, then every worker's
+    row to the server, straight into the rows of one preallocated tensor. Staged through pinned host
+    memory when the data group is Gloo but tensors live on a GPU.
+
+    `topo.pattern` (`choose_pattern`) says how:
+    - `p2p`: the server sends the buffer to each worker and receives each worker's row; a worker posts
+      the receive of the next round's buffer before it sends its row (the server sends only once every
+      row is in, so the buffer is free by then), and the next w_t lands in place while the server
+      aggregates. Gloo runs point-to-point operations from the calling thread, where it hands every
+      collective to a work thread first: one thread wake-up fewer per message, in every process.
+    - `collective`: Gloo's or NCCL's broadcast (a binomial tree relayed by the workers) and gather.
+    """
+
+    TAG_W, TAG_ROW = 101, 102  # p2p message tags, apart from other point-to-point traffic (HGO's blocks)
 
     def __init__(self, topo: Topology, buf: Tensor, row_len: int):
         self.topo = topo
@@ -182,28 +214,60 @@ class Channel:
             if self.stage:  # the server aggregates where its model lives: rows go back to the device
                 self.rows_dev = torch.zeros(topo.world - 1, row_len, dtype=torch.float32, device=buf.device)
         # the hot path calls the process group directly with options built once: the generic
-        # dist.broadcast / dist.gather wrappers re-check and re-build these on every call
-        root = dist.get_group_rank(topo.data_group, topo.server)
-        self._bcast_opts = dist.BroadcastOptions()
-        self._bcast_opts.rootRank, self._bcast_opts.rootTensor = root, 0
-        self._gather_opts = dist.GatherOptions()
-        self._gather_opts.rootRank = root
+        # dist.* wrappers re-check and re-build these on every call
+        group = topo.data_group
+        self._root = dist.get_group_rank(group, topo.server)
         self._bcast_in = [self.host_buf]
-        self._gather_out = [self._gather_list] if topo.is_server else []
-        self._gather_in = [self._gather_list[topo.server]] if topo.is_server else [self.row]
+        self.p2p = topo.pattern == "p2p"
+        if self.p2p:
+            peers = [dist.get_group_rank(group, r) for r in topo.workers]
+            self._sends = peers  # the server's buffer goes to every worker
+            self._recvs = [([self.rows[r]], p) for r, p in zip(topo.workers, peers)] if topo.is_server else []
+            self._pending = None  # a worker's posted receive of the next buffer
+            self._h2d = None  # staging: the copy out of host_buf, which the next receive must not overtake
+        else:
+            self._bcast_opts = dist.BroadcastOptions()
+            self._bcast_opts.rootRank, self._bcast_opts.rootTensor = self._root, 0
+            self._gather_opts = dist.GatherOptions()
+            self._gather_opts.rootRank = self._root
+            self._gather_out = [self._gather_list] if topo.is_server else []
+            self._gather_in = [self._gather_list[topo.server]] if topo.is_server else [self.row]
 
     def broadcast(self) -> None:
-        if self.stage and self.topo.is_server:
+        group, server = self.topo.data_group, self.topo.is_server
+        if self.stage and server:
             self.host_buf.copy_(self.buf)
-        self.topo.data_group.broadcast(self._bcast_in, self._bcast_opts).wait()
-        if self.stage and not self.topo.is_server:
+        if not self.p2p:
+            group.broadcast(self._bcast_in, self._bcast_opts).wait()
+        elif server:
+            for work in [group.send(self._bcast_in, p, self.TAG_W) for p in self._sends]:
+                work.wait()
+        else:
+            if self._pending is None:  # the first round: no gather has posted it yet
+                self._pending = group.recv(self._bcast_in, self._root, self.TAG_W)
+            pending, self._pending = self._pending, None
+            pending.wait()
+        if self.stage and not server:
             self.buf.copy_(self.host_buf, non_blocking=True)
+            if self.p2p:
+                self._h2d = torch.cuda.Event()
+                self._h2d.record()
 
     def gather(self) -> Tensor | None:
         """Workers send `self.row`; the server receives every worker's row into `self.rows` and gets
         back the (m, row_len) matrix of worker rows on its own device (a view of `self.rows` when the
         server is global rank 0 and nothing is staged; a copy in `self.rows_dev` when it is)."""
-        self.topo.data_group.gather(self._gather_out, self._gather_in, self._gather_opts).wait()
+        group = self.topo.data_group
+        if not self.p2p:
+            group.gather(self._gather_out, self._gather_in, self._gather_opts).wait()
+        elif not self.topo.is_server:
+            if self._h2d is not None:
+                self._h2d.synchronize()
+            self._pending = group.recv(self._bcast_in, self._root, self.TAG_W)
+            group.send([self.row], self._root, self.TAG_ROW).wait()
+        else:
+            for work in [group.recv(rows, p, self.TAG_ROW) for rows, p in self._recvs]:
+                work.wait()
         if not self.topo.is_server:
             return None
         s = self.topo.server

@@ -9,8 +9,11 @@ Scenarios
   threads      CPU and preemptions per round of every thread of every rank (server, mean worker), read
                from /proc while the `round` scenario's job runs at B = 32 (Linux)
   scaling      rounds/s and breakdown for m in {8, 16, 32, 64} workers (logreg and MLP on MNIST-5k)
-  comm         a round with no compute: 1 + m processes that only broadcast and gather (the
-               communication floor), through common.dist.Channel and through the generic wrappers
+  comm         a round with no compute: 1 + m processes that only exchange w_t and the rows (the
+               communication floor), through common.dist.Channel in either pattern (p2p, collective)
+               and through the generic dist.broadcast / dist.gather wrappers
+  pattern      the whole system with comm.pattern=collective and p2p, runs interleaved (logreg at
+               m = 8 and 64, the CNN at B = 32)
   gpu          ResNet-20 on CIFAR-10-shaped synthetic data, 1 + 8 ranks on one device, rounds per
                batch size projected to paper A's 160 epochs (Table 6), with GPU utilisation from
                nvidia-smi; on a GPU also with bf16 autocast + channels_last, and NCCL given 9 GPUs
@@ -379,8 +382,14 @@ def scenario_threads(quick: bool) -> str:
     return "\n".join(lines)
 
 
+COMM_PATHS = {"p2p": "Channel, p2p (process group, prebuilt lists)",
+              "collective": "Channel, collective (process group, prebuilt options)",
+              "wrappers": "dist.broadcast / dist.gather"}
+
+
 def _comm_rank(rank: int, world: int, port: int, row_len: int, rounds: int, path: str, out) -> None:
-    """One rank of the communication-only loop: broadcast a row_len buffer, gather a row_len row."""
+    """One rank of the communication-only loop: w_t (row_len floats) to every worker, a row_len row
+    back from each; `path` is a key of COMM_PATHS."""
     import torch.distributed as dist
 
     from common.dist import Channel, Topology
@@ -388,26 +397,29 @@ def _comm_rank(rank: int, world: int, port: int, row_len: int, rounds: int, path
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     topo = Topology(rank, world, 0, list(range(1, world)), torch.device("cpu"), "gloo",
-                    dist.new_group(list(range(world))))
+                    dist.new_group(list(range(world))), pattern="p2p" if path == "p2p" else "collective")
     chan = Channel(topo, torch.zeros(row_len), row_len)
     rows = [torch.zeros(row_len) for _ in range(world)] if rank == 0 else None
     for i in range(rounds + 20):
         if i == 20:
             w0, c0 = time.perf_counter(), time.process_time()
-        if path == "channel":
-            chan.broadcast()
-            chan.gather()
-        else:  # the generic wrappers, for comparison
+        if path == "wrappers":  # the generic wrappers, for comparison
             dist.broadcast(chan.buf, 0, group=topo.data_group)
             dist.gather(chan.row, rows, dst=0, group=topo.data_group)
-    out.put((rank, (time.perf_counter() - w0) / rounds, (time.process_time() - c0) / rounds))
+        else:
+            chan.broadcast()
+            chan.gather()
+    w1, c1 = time.perf_counter(), time.process_time()
+    if path != "wrappers":
+        chan.broadcast()  # the stop header of a run: takes each worker's last posted receive (p2p)
+    out.put((rank, (w1 - w0) / rounds, (c1 - c0) / rounds))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def comm_round(m: int, row_len: int, rounds: int, path: str = "channel") -> tuple[float, float, float]:
+def comm_round(m: int, row_len: int, rounds: int, path: str = "p2p") -> tuple[float, float, float]:
     """(round seconds, server CPU seconds, mean worker CPU seconds) of a round with no compute:
-    1 + m processes that only broadcast and gather, through common.dist.Channel."""
+    1 + m processes that only exchange w_t and the rows along `path` (a key of COMM_PATHS)."""
     import multiprocessing as mp
 
     from common.dist import free_port
@@ -427,10 +439,34 @@ def scenario_comm(quick: bool) -> str:
     rounds = 100 if quick else 300
     lines = ["| m | floats per row | path | round ms | server CPU ms | CPU ms per worker |", "|" + "---|" * 6]
     for m, row_len, model in ((8, 46_732, "cnn"), (64, 7_852, "logreg")):
-        for path in ("channel", "wrappers"):
+        for path, name in COMM_PATHS.items():
             rt, cs, cw = comm_round(m, row_len, rounds, path)
-            name = "Channel (process group, prebuilt options)" if path == "channel" else "dist.broadcast / dist.gather"
             lines.append(f"| {m} | {row_len:,} ({model}) | {name} | {rt * 1e3:.2f} | {cs * 1e3:.2f} | {cw * 1e3:.3f} |")
+    return "\n".join(lines)
+
+
+PATTERN_CASES = (("logreg", 8, 32), ("logreg", 64, 32), ("cnn", 8, 32))
+
+
+def scenario_pattern(quick: bool) -> str:
+    """The whole system with each comm.pattern; the two patterns alternate job by job (the machine's
+    speed drifts), `reps` jobs each."""
+    rounds, reps = (40, 1) if quick else (150, 2)
+    times: dict[tuple, list[float]] = {}
+    for _ in range(reps):
+        for model, m, B in PATTERN_CASES:
+            for pattern in ("collective", "p2p"):
+                _, rows = run_system([f"model={model}", "aggregator=cc", "attack=none", "byzantine.count=0",
+                                      f"workers={m}", f"batch_size={B}", "epochs=1000", f"max_rounds={rounds}",
+                                      "eval_every=100000", "log.every=10", f"comm.pattern={pattern}"])
+                times.setdefault((model, m, B, pattern), []).append(steady_round_time(rows, skip=20))
+    lines = ["| model | m | B | collective: round ms (each job) | p2p: round ms (each job) | p2p / collective |",
+             "|" + "---|" * 6]
+    for model, m, B in PATTERN_CASES:
+        col, p2p = times[model, m, B, "collective"], times[model, m, B, "p2p"]
+        each = [", ".join(f"{t * 1e3:.1f}" for t in ts) for ts in (col, p2p)]
+        lines.append(f"| {model} | {m} | {B} | {each[0]} | {each[1]} | "
+                     f"{statistics.mean(p2p) / statistics.mean(col):.2f} |")
     return "\n".join(lines)
 
 
@@ -546,13 +582,14 @@ def scenario_gpu(quick: bool) -> str:
 
 
 SCENARIOS = {"round": scenario_round, "steps": scenario_steps, "threads": scenario_threads,
-             "scaling": scenario_scaling, "comm": scenario_comm, "gpu": scenario_gpu,
+             "scaling": scenario_scaling, "comm": scenario_comm, "pattern": scenario_pattern, "gpu": scenario_gpu,
              "aggregators": None}  # launch.bench_aggregators writes its own section
 TITLES = {"round": "Round overhead vs the floor (CPU, Gloo, 1 + 8 processes)",
           "steps": "What sharing a core costs a step (CPU)",
           "threads": "Where a round's CPU goes, thread by thread (CPU, Gloo, 1 + 8 processes, B = 32)",
           "scaling": "Scaling with the number of workers m (CPU)",
-          "comm": "Communication alone: broadcast + gather with no compute (CPU, Gloo)",
+          "comm": "Communication alone: w_t out and the rows back with no compute (CPU, Gloo)",
+          "pattern": "Point-to-point against collectives in the whole system (CPU, Gloo)",
           "gpu": "ResNet-20, 1 + 8 ranks on one device, projected to 160 epochs",
           "aggregators": "Aggregation rules"}
 

@@ -128,6 +128,8 @@ def check_model(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig, check_data: bool = True) -> None:
     """Raise ConfigError with one line naming the field and the limit."""
     check_fields(cfg)
+    if cfg.comm.backend == "nccl" and cfg.comm.pattern == "p2p":
+        raise ConfigError("comm.pattern=p2p needs the Gloo backend; use comm.pattern=collective or auto with NCCL")
     resolve(cfg)
     agg = OmegaConf.to_container(cfg.aggregator, resolve=True)
     _rule_params(agg)

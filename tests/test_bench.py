@@ -10,10 +10,27 @@ from launch import bench
 
 
 @pytest.mark.e2e  # starts Gloo groups of 3 processes
-def test_comm_round_moves_rows_on_both_paths():
-    for path in ("channel", "wrappers"):
+def test_comm_round_moves_rows_on_every_path():
+    for path in bench.COMM_PATHS:
         rt, server_cpu, worker_cpu = bench.comm_round(2, 64, rounds=5, path=path)
         assert rt > 0 and server_cpu > 0 and worker_cpu > 0
+
+
+def test_pattern_table_alternates_the_patterns_and_compares_their_means(monkeypatch):
+    calls = []
+
+    def fake_run(overrides, env=None):
+        calls.append(overrides)
+        ms = 40.0 if "comm.pattern=collective" in overrides else 30.0
+        ms += len(calls) / 10  # each job a little slower: the mean must use each pattern's own jobs
+        return {}, [{"round": 20, "time": 0.0}, {"round": 30, "time": 10 * ms / 1e3}]
+
+    monkeypatch.setattr(bench, "run_system", fake_run)
+    rows = bench.scenario_pattern(quick=False).splitlines()[2:]
+    patterns = [o[-1] for o in calls]
+    assert patterns == ["comm.pattern=collective", "comm.pattern=p2p"] * 6  # alternate job by job
+    assert any("model=logreg" in o and "workers=64" in o for o in calls)
+    assert rows[0] == "| logreg | 8 | 32 | 40.1, 40.7 | 30.2, 30.8 | 0.75 |"
 
 
 @pytest.mark.e2e  # 1 + 2 processes, started from a child `python -m launch.run` that inherits `env`

@@ -1,4 +1,5 @@
-"""The round's two collectives (common.dist.Channel) over a real Gloo group, and the backend choice."""
+"""The round's two exchanges (common.dist.Channel) over a real Gloo group in both patterns, and the
+backend and pattern choices."""
 from __future__ import annotations
 
 import os
@@ -10,32 +11,39 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from common.dist import Channel, Topology, choose_backend, device_key
+from common.dist import Channel, Topology, choose_backend, choose_pattern, device_key
 from tests.helpers import ROOT
 
-WORLD, D = 4, 5
+WORLD, D, ROUNDS = 4, 5, 3
+PATTERNS = ("collective", "p2p")
 
 
 def _rank_main(rank: int, store_path: str, queue) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD)
     try:
-        for server in (0, 1, WORLD - 1):  # the server at the first, a middle and the last global rank
-            workers = [r for r in range(WORLD) if r != server]
-            topo = Topology(rank, WORLD, server, workers, torch.device("cpu"), "gloo", dist.group.WORLD)
-            buf = torch.full((D,), -1.0)
-            if topo.is_server:
-                buf.copy_(torch.arange(D) * 10.0 + server)
-            chan = Channel(topo, buf, row_len=3)
-            for t in range(2):
-                chan.broadcast()
-                if not topo.is_server:
-                    k = topo.worker_index
-                    chan.row.copy_(torch.tensor([k, t, buf.sum()]))
-                rows = chan.gather()
+        for pattern in PATTERNS:
+            for server in (0, 1, WORLD - 1):  # the server at the first, a middle and the last global rank
+                workers = [r for r in range(WORLD) if r != server]
+                topo = Topology(rank, WORLD, server, workers, torch.device("cpu"), "gloo", dist.group.WORLD,
+                                pattern=pattern)
+                buf = torch.full((D,), -1.0)
                 if topo.is_server:
-                    queue.put((server, t, rows.tolist()))
-                    buf.add_(1.0)
+                    buf.copy_(torch.arange(D) * 10.0 + server)
+                chan = Channel(topo, buf, row_len=3)
+                for t in range(ROUNDS + 1):  # the last broadcast stands for the stop header
+                    chan.broadcast()
+                    if t == ROUNDS:
+                        if not topo.is_server:
+                            queue.put((pattern, server, "stop", rank, buf.tolist()))
+                        break
+                    if not topo.is_server:
+                        k = topo.worker_index
+                        chan.row.copy_(torch.tensor([k, t, buf.sum()]))
+                    rows = chan.gather()
+                    if topo.is_server:
+                        queue.put((pattern, server, t, None, rows.tolist()))
+                        buf.add_(1.0)
     finally:
         dist.destroy_process_group()
 
@@ -48,16 +56,21 @@ def test_broadcast_reaches_every_worker_and_gather_returns_rows_in_worker_order(
     for p in procs:
         p.start()
     got = {}
-    for _ in range(6):
-        server, t, rows = queue.get(timeout=120)
-        got[server, t] = rows
+    for _ in range(len(PATTERNS) * 3 * (ROUNDS + WORLD - 1)):
+        pattern, server, t, rank, value = queue.get(timeout=120)
+        got[pattern, server, t, rank] = value
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    for server in (0, 1, WORLD - 1):
-        for t in range(2):
-            w_sum = float(sum(i * 10.0 + server + t for i in range(D)))  # what the server broadcast
-            assert got[server, t] == [[k, t, w_sum] for k in range(1, WORLD)], (server, t)
+    for pattern in PATTERNS:
+        for server in (0, 1, WORLD - 1):
+            for t in range(ROUNDS):
+                w_sum = float(sum(i * 10.0 + server + t for i in range(D)))  # what the server broadcast
+                assert got[pattern, server, t, None] == [[k, t, w_sum] for k in range(1, WORLD)], (pattern, server, t)
+            for rank in range(WORLD):  # the stop broadcast reaches every worker (p2p: its posted receive)
+                if rank != server:
+                    final = [i * 10.0 + server + ROUNDS for i in range(D)]
+                    assert got[pattern, server, "stop", rank] == final, (pattern, server, rank)
 
 
 def test_backend_choice_needs_one_distinct_gpu_per_rank():
@@ -69,6 +82,16 @@ def test_backend_choice_needs_one_distinct_gpu_per_rank():
     assert choose_backend("gloo", [7, 8, 9], nccl_available=True) == "gloo"
     with pytest.raises(RuntimeError, match="comm.backend=nccl needs one distinct GPU per rank"):
         choose_backend("nccl", [7, 7, 9], nccl_available=True)
+
+
+def test_pattern_p2p_on_one_host_gloo_collectives_otherwise():
+    assert choose_pattern("auto", "gloo", [5, 5, 5]) == "p2p"
+    assert choose_pattern("auto", "gloo", [5, 6, 5]) == "collective"  # ranks on two hosts: spare the server's link
+    assert choose_pattern("auto", "nccl", [5, 5, 5]) == "collective"
+    assert choose_pattern("collective", "gloo", [5, 5]) == "collective"
+    assert choose_pattern("p2p", "gloo", [5, 6]) == "p2p"
+    with pytest.raises(RuntimeError, match="comm.pattern=p2p needs the Gloo data group"):
+        choose_pattern("p2p", "nccl", [5, 5])
 
 
 def test_device_key_is_the_same_in_every_interpreter():
