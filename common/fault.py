@@ -5,6 +5,7 @@ T: only in the first attempt of the group (torchrun's restart count is 0), and o
 holds no FAULT_FIRED marker yet (a new torchrun agent, e.g. a restarted container, counts from 0 again),
 so the restarted group runs clean and must resume from its checkpoint. `kill` is a real SIGKILL, `stop`
 a real SIGSTOP (a hung process that never answers), `raise` an exception (a crash with a traceback).
+The marker holds the faulty process's PID: a stopped process outlives an agent killed from outside.
 """
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ def maybe_inject(cfg, who: int, t: int) -> None:
     run_dir = (cfg.get("run") or {}).get("dir")
     if run_dir:  # once per run: the marker survives new agents, whose restart count starts at 0 again
         try:
-            os.close(os.open(os.path.join(str(run_dir), MARKER), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            fd = os.open(os.path.join(str(run_dir), MARKER), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return
+        with os.fdopen(fd, "w") as fh:  # the faulty process, for whoever must clean up a stopped one
+            fh.write(f"{os.getpid()}\n")
     kind = cfg.get("fault")["kind"]
     if kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)

@@ -48,6 +48,15 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _kill_stopped_rank(marker) -> None:
+    """The SIGSTOPped rank runs in a session of its own (torchrun starts ranks so) and a stopped process
+    never notices that its agent died: kill it by the PID the fault marker holds."""
+    try:
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        pass
+
+
 def test_a_node_whose_agent_is_replaced_alone_rejoins_and_the_run_resumes(tmp_path):
     """A restarted container: node B's agent dies with its rank, a new agent takes its place. The new
     agent's restart count starts at 0 while node A's agent counts its restart, so the two must not
@@ -95,6 +104,7 @@ def test_a_node_whose_agent_is_replaced_alone_rejoins_and_the_run_resumes(tmp_pa
                 os.killpg(p.pid, signal.SIGKILL)
         for log in logs:
             log.close()
+        _kill_stopped_rank(run_dir / "FAULT_FIRED")
     texts = [(tmp_path / f"agent{i}.log").read_text()[-2000:] for i in range(3)]
     assert procs[0].returncode == 0 and procs[2].returncode == 0, "\n".join(texts)
     summary = json.loads((run_dir / "summary.json").read_text())

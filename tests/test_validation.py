@@ -258,5 +258,5 @@ def test_a_fault_fires_once_per_run_directory_even_under_a_new_agent(tmp_path, m
     maybe_inject(cfg, 1, 3)  # another rank: nothing
     with pytest.raises(RuntimeError, match="injected fault at round 3 on rank 2"):
         maybe_inject(cfg, 2, 3)
-    assert (tmp_path / MARKER).exists()
+    assert (tmp_path / MARKER).read_text() == f"{os.getpid()}\n"  # the faulty process, for clean-up
     maybe_inject(cfg, 2, 3)  # a new agent (restart count 0 again) resumes at round 3: no second fault
