@@ -269,7 +269,8 @@ class Server:
             "restarts": self.restarts, "time_breakdown": tb, "bytes_received": self.bytes_received,
             "inputs": dict(self.counts), "d": self.d, "bn_floats": self.k,
             "config": {"algorithm": cfg.algorithm.name, "aggregator": name, "f": f, "pre": pre,
-                       "aggregator_params": params, "device": str(self.device), "backend": self.topo.backend},
+                       "aggregator_params": params, "device": str(self.device), "backend": self.topo.backend,
+                       "pattern": self.topo.pattern},
         }
 
 

@@ -47,9 +47,10 @@ def test_bitflip_breaks_mean_but_not_coordinate_median(tmp_path):
 def test_hydra_override_changes_the_run_and_multirun_sweeps(tmp_path):
     run = tmp_path / "krum"
     launch(run, "aggregator=krum", "attack=signflip", "byzantine.count=1", "max_rounds=4", "batch_size=16",
-           "log.oracle=true", "log.every=1")
+           "log.oracle=true", "log.every=1", "comm.pattern=collective")  # the multi-host and NCCL pattern
     s = summary(run)
     assert s["config"]["aggregator"] == "krum" and s["config"]["attack"] == "signflip"
+    assert s["config"]["pattern"] == "collective"
     assert s["config"]["byzantine_count"] == 1 and s["config"]["batch_size"] == 16
     assert s["rounds_completed"] == 4
     rows = metrics(run)
@@ -73,6 +74,7 @@ def test_colluding_byzantine_workers_build_their_own_group_and_attack_with_it(tm
     launch(run, "attack=alie", "attack.knowledge=colluders", "max_rounds=3", "log.every=1", "batch_size=16")
     s = summary(run)
     assert s["rounds_completed"] == 3 and s["config"]["attack_knowledge"] == "colluders"
+    assert s["config"]["pattern"] == "p2p"  # auto: Gloo, every rank on this host
     assert all(r["train_loss"] is not None and r["agg_norm"] > 0 for r in metrics(run))
 
 
@@ -84,5 +86,6 @@ def test_nine_ranks_sharing_one_gpu_train_through_gloo_staging_with_the_speed_op
     launch(run, "attack=none", "device=cuda", "perf.autocast=bf16", "perf.channels_last=true")
     s = summary(run)
     assert s["config"]["device"].startswith("cuda") and s["config"]["backend"] == "gloo"
+    assert s["config"]["pattern"] == "p2p"  # point-to-point through the pinned host buffers
     assert s["rounds_completed"] == 150 and s["final_test_accuracy"] >= 0.90, s["final_test_accuracy"]
     assert contract_problems(run) == []
