@@ -8,7 +8,8 @@ Workers are the other ranks in global-rank order and get worker indices 1..m.
 Groups: the default group is always Gloo on the CPU (control: roles, barriers) with the generous
 start-up timeout. Round traffic runs on a data group with the shorter round timeout: NCCL when every
 rank owns a distinct GPU, Gloo otherwise (CPU, or ranks sharing a GPU, staged through pinned host memory).
-On Gloo with every rank on one host, a round's messages are point-to-point (`Channel`).
+On Gloo with every rank on one host, a round's two exchanges (`Channel`) are point-to-point messages;
+otherwise broadcast + gather collectives.
 """
 from __future__ import annotations
 
@@ -92,20 +93,25 @@ def device_key(device: torch.device) -> int:
     return zlib.crc32(ident.encode())
 
 
-def choose_backend(requested: str, keys: list[int], nccl_available: bool) -> str:
+def choose_backend(requested: str, keys: list[int], nccl_available: bool, pattern: str = "auto") -> str:
     """The data group's backend from every rank's `device_key`: NCCL needs one distinct GPU per rank;
-    `auto` takes it then, and Gloo (with host staging for GPU tensors) otherwise."""
+    `auto` takes it then, and Gloo (with host staging for GPU tensors) otherwise, or when the round's
+    messages are asked to be point-to-point (`comm.pattern=p2p`, which needs Gloo)."""
     distinct_gpus = all(k >= 0 for k in keys) and len(set(keys)) == len(keys)
     if requested == "auto":
-        return "nccl" if distinct_gpus and nccl_available else "gloo"
+        return "nccl" if distinct_gpus and nccl_available and pattern != "p2p" else "gloo"
     if requested == "nccl" and not distinct_gpus:
         raise RuntimeError("comm.backend=nccl needs one distinct GPU per rank; use gloo (host staging)")
     return requested
 
 
 def host_key() -> int:
-    """The same number in every process of this host (a checksum of its name)."""
+    """The same number in every process of this host: a checksum of its host name (containers have
+    names of their own, so ranks in separate containers count as separate hosts)."""
     return zlib.crc32(socket.gethostname().encode())
+
+
+P2P_NEEDS_GLOO = "comm.pattern=p2p needs the Gloo backend; use comm.pattern=collective or auto with comm.backend=nccl"
 
 
 def choose_pattern(requested: str, backend: str, hosts: list[int]) -> str:
@@ -116,7 +122,7 @@ def choose_pattern(requested: str, backend: str, hosts: list[int]) -> str:
     if requested == "auto":
         return "p2p" if backend == "gloo" and len(set(hosts)) == 1 else "collective"
     if requested == "p2p" and backend != "gloo":
-        raise RuntimeError("comm.pattern=p2p needs the Gloo data group; use comm.pattern=collective or auto with NCCL")
+        raise RuntimeError(P2P_NEEDS_GLOO)
     return requested
 
 
@@ -142,7 +148,8 @@ def init(cfg) -> Topology:
         raise RuntimeError(f"ranks {claims} all claim BYZ_ROLE=server; exactly one may")
     server = claims[0] if claims else 0
     workers = [r for r in range(world) if r != server]
-    backend = choose_backend(str(cfg.comm.backend), [int(t[1]) for t in table], dist.is_nccl_available())
+    backend = choose_backend(str(cfg.comm.backend), [int(t[1]) for t in table], dist.is_nccl_available(),
+                             str(cfg.comm.pattern))
     round_timeout = timedelta(seconds=float(cfg.comm.timeout_round_s))
     if backend == "nccl":  # wait() blocks and raises on timeout, so the server can name silent workers
         os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
@@ -191,9 +198,11 @@ class Channel:
     `topo.pattern` (`choose_pattern`) says how:
     - `p2p`: the server sends the buffer to each worker and receives each worker's row; a worker posts
       the receive of the next round's buffer before it sends its row (the server sends only once every
-      row is in, so the buffer is free by then), and the next w_t lands in place while the server
-      aggregates. Gloo runs point-to-point operations from the calling thread, where it hands every
-      collective to a work thread first: one thread wake-up fewer per message, in every process.
+      row is in, so the buffer is free by then), so the server's send finds it posted (Gloo sends to a
+      posted receive only) and w_{t+1} lands in place as it arrives. Every gather of a worker must be
+      followed by a broadcast (the round loops end on the stop header), which takes that receive.
+      Gloo runs point-to-point operations from the calling thread, where it hands every collective to a
+      work thread first: one thread wake-up fewer per message, in every process.
     - `collective`: Gloo's or NCCL's broadcast (a binomial tree relayed by the workers) and gather.
     """
 
@@ -210,7 +219,6 @@ class Channel:
         self.rows = self.rows_dev = None
         if topo.is_server:
             self.rows = torch.zeros(topo.world, row_len, dtype=torch.float32, device=comm_dev, pin_memory=pin)
-            self._gather_list = list(self.rows.unbind(0))
             if self.stage:  # the server aggregates where its model lives: rows go back to the device
                 self.rows_dev = torch.zeros(topo.world - 1, row_len, dtype=torch.float32, device=buf.device)
         # the hot path calls the process group directly with options built once: the generic
@@ -224,14 +232,16 @@ class Channel:
             self._sends = peers  # the server's buffer goes to every worker
             self._recvs = [([self.rows[r]], p) for r, p in zip(topo.workers, peers)] if topo.is_server else []
             self._pending = None  # a worker's posted receive of the next buffer
-            self._h2d = None  # staging: the copy out of host_buf, which the next receive must not overtake
+            # staging: the copy out of host_buf, which the next receive into host_buf must not overtake
+            self._h2d = torch.cuda.Event() if self.stage and not topo.is_server else None
         else:
+            gather_list = list(self.rows.unbind(0)) if topo.is_server else None
             self._bcast_opts = dist.BroadcastOptions()
             self._bcast_opts.rootRank, self._bcast_opts.rootTensor = self._root, 0
             self._gather_opts = dist.GatherOptions()
             self._gather_opts.rootRank = self._root
-            self._gather_out = [self._gather_list] if topo.is_server else []
-            self._gather_in = [self._gather_list[topo.server]] if topo.is_server else [self.row]
+            self._gather_out = [gather_list] if topo.is_server else []
+            self._gather_in = [gather_list[topo.server]] if topo.is_server else [self.row]
 
     def broadcast(self) -> None:
         group, server = self.topo.data_group, self.topo.is_server
@@ -249,8 +259,7 @@ class Channel:
             pending.wait()
         if self.stage and not server:
             self.buf.copy_(self.host_buf, non_blocking=True)
-            if self.p2p:
-                self._h2d = torch.cuda.Event()
+            if self._h2d is not None:
                 self._h2d.record()
 
     def gather(self) -> Tensor | None:
@@ -279,7 +288,9 @@ class Channel:
             rows = torch.cat([self.rows[:s], self.rows[s + 1:]])
         if self.rows_dev is None:
             return rows
-        return self.rows_dev.copy_(rows, non_blocking=True)  # pinned host -> device, ordered on the stream
+        # pinned host -> device, ordered on the stream; done before the next receive into self.rows, as the
+        # aggregation's row filter syncs the stream (one .tolist()) and the next broadcast's copy blocks
+        return self.rows_dev.copy_(rows, non_blocking=True)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -424,6 +424,8 @@ def comm_round(m: int, row_len: int, rounds: int, path: str = "p2p") -> tuple[fl
 
     from common.dist import free_port
 
+    if path not in COMM_PATHS:
+        raise ValueError(f"path={path!r} is unknown; choose one of {list(COMM_PATHS)}")
     ctx = mp.get_context("spawn")
     out, port = ctx.Queue(), free_port()
     procs = [ctx.Process(target=_comm_rank, args=(r, m + 1, port, row_len, rounds, path, out)) for r in range(m + 1)]

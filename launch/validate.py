@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.config import SEED_MAX, ConfigError, byzantine_ranks, check_fields
 from common.data import DatasetUnavailable, load_dataset
+from common.dist import P2P_NEEDS_GLOO
 from common.models import is_binary
 from server.aggregators import AGGREGATORS, PRE_AGGREGATORS, get_aggregator
 from worker.attacks import ATTACKS, get_attack
@@ -129,7 +130,7 @@ def validate(cfg: DictConfig, check_data: bool = True) -> None:
     """Raise ConfigError with one line naming the field and the limit."""
     check_fields(cfg)
     if cfg.comm.backend == "nccl" and cfg.comm.pattern == "p2p":
-        raise ConfigError("comm.pattern=p2p needs the Gloo backend; use comm.pattern=collective or auto with NCCL")
+        raise ConfigError(P2P_NEEDS_GLOO)
     resolve(cfg)
     agg = OmegaConf.to_container(cfg.aggregator, resolve=True)
     _rule_params(agg)

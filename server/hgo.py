@@ -7,8 +7,9 @@ the quorum b_v, aggregate segment by segment, update w_{k+1} = w_k - gamma AG, a
 The server never learns which workers are Byzantine; v comes from the declared f (aggregator.f).
 
 Transports (`hgo.transport`):
-- `collective` (default, fast): the header and w_k go out in one broadcast; the server learns every
-  worker's reply header (b_i, logical time, loss, seconds) in a gather of REPLY floats per worker, then
+- `collective` (default, fast): the round's two exchanges of common.dist.Channel (point-to-point
+  messages or broadcast + gather, `comm.pattern`): the header and w_k go out to every worker; the server
+  learns every worker's reply header (b_i, logical time, loss, seconds) as REPLY floats per worker, then
   receives from each selected worker exactly b_i floats with point-to-point `irecv` straight into row r
   of a preallocated (q, d) matrix, rows ordered by decreasing b_i, so that each segment is a slice of
   it. The bytes saved by partial blocks are real (summary.json: bytes_values = 4 * sum b_i). A
@@ -98,7 +99,8 @@ class Answers:
 
 
 class CollectiveTransport:
-    """Broadcast of header + w_k, gather of the reply headers, point-to-point receive of the blocks."""
+    """Header + w_k to every worker and the reply headers back (common.dist.Channel), then a point-to-point
+    receive of each selected worker's block."""
 
     def __init__(self, srv: HGOServer):
         self.srv, self.topo = srv, srv.topo

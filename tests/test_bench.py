@@ -10,10 +10,13 @@ from launch import bench
 
 
 @pytest.mark.e2e  # starts Gloo groups of 3 processes
-def test_comm_round_moves_rows_on_every_path():
+def test_comm_round_runs_on_every_path_and_refuses_an_unknown_one():
+    """Timings only: what the rows carry is checked in test_channel.py."""
     for path in bench.COMM_PATHS:
         rt, server_cpu, worker_cpu = bench.comm_round(2, 64, rounds=5, path=path)
         assert rt > 0 and server_cpu > 0 and worker_cpu > 0
+    with pytest.raises(ValueError, match="path='tree' is unknown"):
+        bench.comm_round(2, 64, rounds=5, path="tree")
 
 
 def test_pattern_table_alternates_the_patterns_and_compares_their_means(monkeypatch):

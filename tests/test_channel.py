@@ -82,6 +82,9 @@ def test_backend_choice_needs_one_distinct_gpu_per_rank():
     assert choose_backend("gloo", [7, 8, 9], nccl_available=True) == "gloo"
     with pytest.raises(RuntimeError, match="comm.backend=nccl needs one distinct GPU per rank"):
         choose_backend("nccl", [7, 7, 9], nccl_available=True)
+    # point-to-point round messages need Gloo: auto then keeps Gloo even with one GPU per rank
+    assert choose_backend("auto", [7, 8, 9], nccl_available=True, pattern="p2p") == "gloo"
+    assert choose_backend("auto", [7, 8, 9], nccl_available=True, pattern="collective") == "nccl"
 
 
 def test_pattern_p2p_on_one_host_gloo_collectives_otherwise():
@@ -90,7 +93,7 @@ def test_pattern_p2p_on_one_host_gloo_collectives_otherwise():
     assert choose_pattern("auto", "nccl", [5, 5, 5]) == "collective"
     assert choose_pattern("collective", "gloo", [5, 5]) == "collective"
     assert choose_pattern("p2p", "gloo", [5, 6]) == "p2p"
-    with pytest.raises(RuntimeError, match="comm.pattern=p2p needs the Gloo data group"):
+    with pytest.raises(RuntimeError, match="comm.pattern=p2p needs the Gloo backend"):
         choose_pattern("p2p", "nccl", [5, 5])
 
 
