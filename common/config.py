@@ -201,6 +201,7 @@ def check_fields(cfg: Mapping) -> None:
     if _get(cfg, "perf") is not None:
         _choice(cfg, "perf.autocast", ("none", "bf16"))
         _bool(cfg, "perf.channels_last")
+        _bool(cfg, "perf.worker_batch")
     if _get(cfg, "algorithm.name") in ("byzsgdm", "byzsgdnm"):
         kind = _get(cfg, "dataset.partition")
         shard = smallest_shard(kind, train_size(cfg), m, int(_get(cfg, "seed", 0)),

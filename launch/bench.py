@@ -14,6 +14,7 @@ Scenarios
                and through the generic dist.broadcast / dist.gather wrappers
   pattern      the whole system with comm.pattern=collective and p2p, runs interleaved (logreg at
                m = 8 and 64, the CNN at B = 32)
+  sched        the same cases with perf.worker_batch=false and true (workers under SCHED_BATCH)
   gpu          ResNet-20 on CIFAR-10-shaped synthetic data, 1 + 8 ranks on one device, rounds per
                batch size projected to paper A's 160 epochs (Table 6), with GPU utilisation from
                nvidia-smi; on a GPU also with bf16 autocast + channels_last, and NCCL given 9 GPUs
@@ -447,29 +448,38 @@ def scenario_comm(quick: bool) -> str:
     return "\n".join(lines)
 
 
-PATTERN_CASES = (("logreg", 8, 32), ("logreg", 64, 32), ("cnn", 8, 32))
+AB_CASES = (("logreg", 8, 32), ("logreg", 64, 32), ("cnn", 8, 32))
 
 
-def scenario_pattern(quick: bool) -> str:
-    """The whole system with each comm.pattern; the two patterns alternate job by job (the machine's
-    speed drifts), `reps` jobs each."""
+def ab_table(before: tuple[str, str], after: tuple[str, str], quick: bool) -> str:
+    """The whole system with one override changed, `before` and `after` as (label, override), in the
+    AB_CASES; the two settings alternate job by job (the machine's speed drifts), `reps` jobs each."""
     rounds, reps = (40, 1) if quick else (150, 2)
     times: dict[tuple, list[float]] = {}
     for _ in range(reps):
-        for model, m, B in PATTERN_CASES:
-            for pattern in ("collective", "p2p"):
+        for model, m, B in AB_CASES:
+            for label, override in (before, after):
                 _, rows = run_system([f"model={model}", "aggregator=cc", "attack=none", "byzantine.count=0",
                                       f"workers={m}", f"batch_size={B}", "epochs=1000", f"max_rounds={rounds}",
-                                      "eval_every=100000", "log.every=10", f"comm.pattern={pattern}"])
-                times.setdefault((model, m, B, pattern), []).append(steady_round_time(rows, skip=20))
-    lines = ["| model | m | B | collective: round ms (each job) | p2p: round ms (each job) | p2p / collective |",
+                                      "eval_every=100000", "log.every=10", override])
+                times.setdefault((model, m, B, label), []).append(steady_round_time(rows, skip=20))
+    (a, _), (b, _) = before, after
+    lines = [f"| model | m | B | {a}: round ms (each job) | {b}: round ms (each job) | {b} / {a} |",
              "|" + "---|" * 6]
-    for model, m, B in PATTERN_CASES:
-        col, p2p = times[model, m, B, "collective"], times[model, m, B, "p2p"]
-        each = [", ".join(f"{t * 1e3:.1f}" for t in ts) for ts in (col, p2p)]
-        lines.append(f"| {model} | {m} | {B} | {each[0]} | {each[1]} | "
-                     f"{statistics.mean(p2p) / statistics.mean(col):.2f} |")
+    for model, m, B in AB_CASES:
+        ta, tb = times[model, m, B, a], times[model, m, B, b]
+        each = [", ".join(f"{t * 1e3:.1f}" for t in ts) for ts in (ta, tb)]
+        ratio = statistics.mean(tb) / statistics.mean(ta)
+        lines.append(f"| {model} | {m} | {B} | {each[0]} | {each[1]} | {ratio:.2f} |")
     return "\n".join(lines)
+
+
+def scenario_pattern(quick: bool) -> str:
+    return ab_table(("collective", "comm.pattern=collective"), ("p2p", "comm.pattern=p2p"), quick)
+
+
+def scenario_sched(quick: bool) -> str:
+    return ab_table(("default policy", "perf.worker_batch=false"), ("SCHED_BATCH", "perf.worker_batch=true"), quick)
 
 
 def scenario_scaling(quick: bool) -> str:
@@ -584,7 +594,8 @@ def scenario_gpu(quick: bool) -> str:
 
 
 SCENARIOS = {"round": scenario_round, "steps": scenario_steps, "threads": scenario_threads,
-             "scaling": scenario_scaling, "comm": scenario_comm, "pattern": scenario_pattern, "gpu": scenario_gpu,
+             "scaling": scenario_scaling, "comm": scenario_comm, "pattern": scenario_pattern, "sched": scenario_sched,
+             "gpu": scenario_gpu,
              "aggregators": None}  # launch.bench_aggregators writes its own section
 TITLES = {"round": "Round overhead vs the floor (CPU, Gloo, 1 + 8 processes)",
           "steps": "What sharing a core costs a step (CPU)",
@@ -592,6 +603,7 @@ TITLES = {"round": "Round overhead vs the floor (CPU, Gloo, 1 + 8 processes)",
           "scaling": "Scaling with the number of workers m (CPU)",
           "comm": "Communication alone: w_t out and the rows back with no compute (CPU, Gloo)",
           "pattern": "Point-to-point against collectives in the whole system (CPU, Gloo)",
+          "sched": "Workers under SCHED_BATCH against the default policy in the whole system (CPU, Gloo)",
           "gpu": "ResNet-20, 1 + 8 ranks on one device, projected to 160 epochs",
           "aggregators": "Aggregation rules"}
 

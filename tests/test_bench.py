@@ -19,7 +19,7 @@ def test_comm_round_runs_on_every_path_and_refuses_an_unknown_one():
         bench.comm_round(2, 64, rounds=5, path="tree")
 
 
-def test_pattern_table_alternates_the_patterns_and_compares_their_means(monkeypatch):
+def test_ab_tables_alternate_the_settings_and_compare_their_means(monkeypatch):
     calls = []
 
     def fake_run(overrides, env=None):
@@ -29,11 +29,15 @@ def test_pattern_table_alternates_the_patterns_and_compares_their_means(monkeypa
         return {}, [{"round": 20, "time": 0.0}, {"round": 30, "time": 10 * ms / 1e3}]
 
     monkeypatch.setattr(bench, "run_system", fake_run)
-    rows = bench.scenario_pattern(quick=False).splitlines()[2:]
+    lines = bench.scenario_pattern(quick=False).splitlines()
     patterns = [o[-1] for o in calls]
     assert patterns == ["comm.pattern=collective", "comm.pattern=p2p"] * 6  # alternate job by job
     assert any("model=logreg" in o and "workers=64" in o for o in calls)
-    assert rows[0] == "| logreg | 8 | 32 | 40.1, 40.7 | 30.2, 30.8 | 0.75 |"
+    assert lines[0].startswith("| model | m | B | collective: round ms (each job) | p2p: round ms")
+    assert lines[2] == "| logreg | 8 | 32 | 40.1, 40.7 | 30.2, 30.8 | 0.75 |"
+    calls.clear()
+    bench.scenario_sched(quick=True)  # one job per setting, the policy switched by the last override
+    assert [o[-1] for o in calls] == ["perf.worker_batch=false", "perf.worker_batch=true"] * 3
 
 
 @pytest.mark.e2e  # 1 + 2 processes, started from a child `python -m launch.run` that inherits `env`

@@ -1,5 +1,8 @@
 """Unit tests of the core: flat views, momentum, updates, schedule, partitions, models, sampler."""
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from common.flat import HEADER, flatten_model, views_intact
 from common.models import build_model, num_parameters
 from common.schedule import learning_rate
 from server.update import apply_update
+from tests.helpers import ROOT
 from worker.data import ShardSampler
 from worker.trainer import momentum_step
 
@@ -285,3 +289,25 @@ def test_worker_side_weight_decay_is_added_to_the_gradient_before_the_momentum()
     expect = torch.cat([p.grad.flatten() for p in ref.parameters()]) + 0.1 * fm.params
     torch.testing.assert_close(fm.grad, expect)
     assert loss == pytest.approx(expect_loss.item())
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_run_as_batch_puts_every_thread_of_the_process_under_sched_batch():
+    """In a child process (the policy would otherwise stay with the test process): a thread started
+    before the call and one started after it both end under SCHED_BATCH."""
+    code = ("import os, threading\nfrom worker.sched import run_as_batch\n"
+            "hold = threading.Event()\nbefore = threading.Thread(target=hold.wait); before.start()\n"
+            "n = run_as_batch()\nafter = threading.Thread(target=hold.wait); after.start()\n"
+            "tids = [int(t) for t in os.listdir('/proc/self/task')]\n"
+            "print(n, len(tids), all(os.sched_getscheduler(t) == os.SCHED_BATCH for t in tids))\n"
+            "hold.set(); before.join(); after.join()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    n, threads, all_batch = out.stdout.split()
+    assert int(n) >= 2 and int(threads) == int(n) + 1 and all_batch == "True"
+    assert os.sched_getscheduler(0) != os.SCHED_BATCH  # the test process itself is untouched
+
+
+def test_run_as_batch_without_a_task_directory_changes_nothing(tmp_path):
+    from worker.sched import run_as_batch
+
+    assert run_as_batch(str(tmp_path / "absent")) == 0

@@ -55,6 +55,7 @@ CASES = [
      "attack.seed=99999999999999999999999 must"),
     (["aggregator.pre=[{name:bucketing,seed:-1}]"], "aggregator.pre[0].seed=-1 must be in [0, "),
     (["comm.timeout_round_s=1e300"], "comm.timeout_round_s=1e+300 must be <= 1000000"),
+    (["perf.worker_batch=maybe"], "perf.worker_batch='maybe' must be true or false"),
     (["comm.pattern=tree"], "comm.pattern='tree' is unknown; choose one of ['auto', 'p2p', 'collective']"),
     (["comm.backend=nccl", "comm.pattern=p2p"], "comm.pattern=p2p needs the Gloo backend"),
     (["run.dir=[a,b]"], "run.dir=['a', 'b'] must be a path"),

@@ -24,6 +24,7 @@ from common.models import build_model
 
 from .attacks import AttackContext, get_attack
 from .data import ShardSampler
+from .sched import run_as_batch
 
 log = logging.getLogger("byz")
 META = 2  # trailing floats of the row: compute seconds, train loss
@@ -80,6 +81,7 @@ class Worker:
         perf = cfg.get("perf") or {}
         self.autocast = perf.get("autocast", "none") == "bf16"
         self.channels_last = bool(perf.get("channels_last", False)) and x.dim() == 4
+        self.batch_sched = bool(perf.get("worker_batch", True))
         if self.exchange:
             group_size = topo.m if self.knowledge_mode == "omniscient" else len(self.byzantine)
             self._known = torch.zeros(group_size, self.d, device=self.device)
@@ -135,6 +137,8 @@ class Worker:
         heartbeat = Heartbeat(self.topo)
         fault_at = fault_round(cfg, self.index)
         dist.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
+        if self.batch_sched:  # after the barrier: Gloo's threads exist by now
+            run_as_batch()
         while True:
             self.chan.broadcast()
             h = self.fm.header.tolist()
