@@ -58,6 +58,20 @@ def machine() -> str:
 
 # ------------------------------------------------------------------------------------- running the system
 
+def timing_job(model: str, batch: int, rounds: int, workers: int = 8, log_every: int = 10) -> list[str]:
+    """The overrides every timing job shares: ByzSGDnm + cc, no attack and no Byzantine worker, no
+    evaluation and no checkpoint inside the timed rounds."""
+    return [f"model={model}", "aggregator=cc", "attack=none", "byzantine.count=0", f"workers={workers}",
+            f"batch_size={batch}", "epochs=1000", f"max_rounds={rounds}", "eval_every=100000",
+            f"log.every={log_every}", "checkpoint.every=0"]
+
+
+def read_rows(run_dir: str) -> list[dict]:
+    """The rows of a run's metrics.jsonl."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def run_system(overrides: list[str], env: dict[str, str] | None = None) -> tuple[dict, list[dict]]:
     """Run one job of the real system in a temporary directory; return summary.json and metrics rows.
     With `env`, the job runs as `python -m launch.run` in a child process with those variables added
@@ -82,8 +96,7 @@ def run_system(overrides: list[str], env: dict[str, str] | None = None) -> tuple
             launch_group(cfg, run_dir)
         with open(os.path.join(run_dir, "summary.json")) as fh:
             summary = json.load(fh)
-        with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
+        rows = read_rows(run_dir)
     return summary, rows
 
 
@@ -234,9 +247,7 @@ def scenario_round(quick: bool) -> str:
              f" floor ms | round / floor | CPU per step, {m} processes | shared floor ms | round / shared floor |",
              "|" + "---|" * 14]
     for B in (32, 256):
-        summary, rows = run_system(["model=cnn", "aggregator=cc", "attack=none", "byzantine.count=0",
-                                    f"batch_size={B}", "epochs=1000", f"max_rounds={rounds}",
-                                    "eval_every=100000", "log.every=10", "checkpoint.every=0"])
+        summary, rows = run_system(timing_job("cnn", B, rounds))
         rt = steady_round_time(rows, skip=20)
         bd = per_round_breakdown(rows, skip=20)
         tg = t_grad("cnn", B)
@@ -335,8 +346,7 @@ def thread_accounting(overrides: list[str], warmup_s: float, window_s: float) ->
             err = proc.communicate()[1]
         if proc.returncode:
             raise RuntimeError(f"benchmark job failed: {err.strip()[-2000:]}")
-        with open(os.path.join(tmp, "run", "metrics.jsonl")) as fh:
-            rows = [json.loads(line) for line in fh if line.strip()]
+        rows = read_rows(os.path.join(tmp, "run"))
     rt = steady_round_time(rows, skip=20)
     rounds = (t1 - t0) / rt
     workers, table = per_round_by_thread(a, b, rounds)
@@ -366,9 +376,8 @@ def scenario_threads(quick: bool) -> str:
     """Where a round's CPU goes, thread by thread (CNN, B = 32, the `round` scenario's job)."""
     if not os.path.isdir("/proc/self/task"):
         return "n/a: the thread clocks are read from Linux's /proc"
-    res = thread_accounting(["model=cnn", "aggregator=cc", "attack=none", "byzantine.count=0", "batch_size=32",
-                             "epochs=1000", f"max_rounds={400 if quick else 900}", "eval_every=100000",
-                             "log.every=10", "checkpoint.every=0"], warmup_s=12.0, window_s=3.0 if quick else 6.0)
+    res = thread_accounting(timing_job("cnn", 32, 400 if quick else 900), warmup_s=12.0,
+                            window_s=3.0 if quick else 6.0)
     lines = [f"Round {res['round_ms']:.1f} ms over a window of {res['rounds']:.0f} rounds.", "",
              "| rank | thread | CPU ms per round | involuntary switches per round |", "|---|---|---|---|"]
     total = 0.0
@@ -459,9 +468,7 @@ def ab_table(before: tuple[str, str], after: tuple[str, str], quick: bool) -> st
     for _ in range(reps):
         for model, m, B in AB_CASES:
             for label, override in (before, after):
-                _, rows = run_system([f"model={model}", "aggregator=cc", "attack=none", "byzantine.count=0",
-                                      f"workers={m}", f"batch_size={B}", "epochs=1000", f"max_rounds={rounds}",
-                                      "eval_every=100000", "log.every=10", override])
+                _, rows = run_system([*timing_job(model, B, rounds, workers=m), override])
                 times.setdefault((model, m, B, label), []).append(steady_round_time(rows, skip=20))
     (a, _), (b, _) = before, after
     lines = [f"| model | m | B | {a}: round ms (each job) | {b}: round ms (each job) | {b} / {a} |",
@@ -489,9 +496,7 @@ def scenario_scaling(quick: bool) -> str:
     for model in ("logreg", "mlp"):
         for m in (8, 16, 32, 64):
             B = min(32, 4000 // m)
-            _, rows = run_system([f"model={model}", "aggregator=cc", "attack=none", "byzantine.count=0",
-                                  f"workers={m}", f"batch_size={B}", "epochs=1000", f"max_rounds={rounds}",
-                                  "eval_every=100000", "log.every=10"])
+            _, rows = run_system(timing_job(model, B, rounds, workers=m))
             rt = steady_round_time(rows, skip=20)
             bd = per_round_breakdown(rows, skip=20)
             lines.append(f"| {model} | {m} | {1 / rt:.1f} | {rt * 1e3:.1f} | {bd['compute'] * 1e3:.1f} | "
@@ -578,10 +583,8 @@ def scenario_gpu(quick: bool) -> str:
     for B in sizes:
         for name, extra, env in variants:
             with GpuUtilisation() as gpu:
-                _, rows = run_system(["model=resnet20", "dataset=synthetic", "dataset.shape=[3,32,32]",
-                                      f"dataset.n_train={n_train}", "dataset.n_test=1000", "aggregator=cc",
-                                      "attack=none", "byzantine.count=0", f"batch_size={B}", "epochs=1000",
-                                      f"max_rounds={rounds}", "eval_every=100000", "log.every=2",
+                _, rows = run_system([*timing_job("resnet20", B, rounds, log_every=2), "dataset=synthetic",
+                                      "dataset.shape=[3,32,32]", f"dataset.n_train={n_train}", "dataset.n_test=1000",
                                       f"device={'cuda' if on_gpu else 'cpu'}", *extra], env=env)
             rt = steady_round_time(rows, skip=4 if not on_gpu else 10)
             rpe = (50000 // 8) // B

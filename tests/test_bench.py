@@ -32,6 +32,9 @@ def test_ab_tables_alternate_the_settings_and_compare_their_means(monkeypatch):
     lines = bench.scenario_pattern(quick=False).splitlines()
     patterns = [o[-1] for o in calls]
     assert patterns == ["comm.pattern=collective", "comm.pattern=p2p"] * 6  # alternate job by job
+    assert calls[0] == ["model=logreg", "aggregator=cc", "attack=none", "byzantine.count=0", "workers=8",
+                        "batch_size=32", "epochs=1000", "max_rounds=150", "eval_every=100000", "log.every=10",
+                        "checkpoint.every=0", "comm.pattern=collective"]
     assert any("model=logreg" in o and "workers=64" in o for o in calls)
     assert lines[0].startswith("| model | m | B | collective: round ms (each job) | p2p: round ms")
     assert lines[2] == "| logreg | 8 | 32 | 40.1, 40.7 | 30.2, 30.8 | 0.75 |"
