@@ -202,6 +202,9 @@ def check_fields(cfg: Mapping) -> None:
         _choice(cfg, "perf.autocast", ("none", "bf16"))
         _bool(cfg, "perf.channels_last")
         _bool(cfg, "perf.worker_batch")
+        slots = _get(cfg, "perf.compute_slots", "auto")
+        if slots != "auto" and (isinstance(slots, bool) or not isinstance(slots, int) or slots < 0):
+            raise ConfigError(f"perf.compute_slots={slots!r} must be auto or an integer >= 0 (0: off)")
     if _get(cfg, "algorithm.name") in ("byzsgdm", "byzsgdnm"):
         kind = _get(cfg, "dataset.partition")
         shard = smallest_shard(kind, train_size(cfg), m, int(_get(cfg, "seed", 0)),

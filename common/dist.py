@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -39,6 +39,7 @@ class Topology:
     worker_group: object | None = None  # all workers: the knowledge channel of omniscient attacks
     colluder_group: object | None = None  # Byzantine workers only (attack.knowledge=colluders)
     pattern: str = "collective"  # how Channel moves a round: "p2p" or "collective" (choose_pattern)
+    hosts: list[int] = field(default_factory=list)  # host_key() of every global rank (empty: unknown)
 
     @property
     def is_server(self) -> bool:
@@ -155,8 +156,10 @@ def init(cfg) -> Topology:
         os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
     data_group = dist.new_group(list(range(world)), timeout=round_timeout, backend=backend)
     worker_group = dist.new_group(workers, timeout=round_timeout, backend=backend)
-    pattern = choose_pattern(str(cfg.comm.pattern), backend, [int(t[2]) for t in table])
-    return Topology(rank, world, server, workers, device, backend, data_group, worker_group, pattern=pattern)
+    hosts = [int(t[2]) for t in table]
+    pattern = choose_pattern(str(cfg.comm.pattern), backend, hosts)
+    return Topology(rank, world, server, workers, device, backend, data_group, worker_group, pattern=pattern,
+                    hosts=hosts)
 
 
 class Agreement:

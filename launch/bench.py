@@ -15,6 +15,8 @@ Scenarios
   pattern      the whole system with comm.pattern=collective and p2p, runs interleaved (logreg at
                m = 8 and 64, the CNN at B = 32)
   sched        the same cases with perf.worker_batch=false and true (workers under SCHED_BATCH)
+  slots        the same cases and the CNN at B = 256 with perf.compute_slots=0 and auto (at most one
+               worker per core computes at once)
   gpu          ResNet-20 on CIFAR-10-shaped synthetic data, 1 + 8 ranks on one device, rounds per
                batch size projected to paper A's 160 epochs (Table 6), with GPU utilisation from
                nvidia-smi; on a GPU also with bf16 autocast + channels_last, and NCCL given 9 GPUs
@@ -460,20 +462,21 @@ def scenario_comm(quick: bool) -> str:
 AB_CASES = (("logreg", 8, 32), ("logreg", 64, 32), ("cnn", 8, 32))
 
 
-def ab_table(before: tuple[str, str], after: tuple[str, str], quick: bool) -> str:
+def ab_table(before: tuple[str, str], after: tuple[str, str], quick: bool, cases=AB_CASES) -> str:
     """The whole system with one override changed, `before` and `after` as (label, override), in the
-    AB_CASES; the two settings alternate job by job (the machine's speed drifts), `reps` jobs each."""
+    `cases` (model, m, B); the two settings alternate job by job (the machine's speed drifts), `reps`
+    jobs each."""
     rounds, reps = (40, 1) if quick else (150, 2)
     times: dict[tuple, list[float]] = {}
     for _ in range(reps):
-        for model, m, B in AB_CASES:
+        for model, m, B in cases:
             for label, override in (before, after):
                 _, rows = run_system([*timing_job(model, B, rounds, workers=m), override])
                 times.setdefault((model, m, B, label), []).append(steady_round_time(rows, skip=20))
     (a, _), (b, _) = before, after
     lines = [f"| model | m | B | {a}: round ms (each job) | {b}: round ms (each job) | {b} / {a} |",
              "|" + "---|" * 6]
-    for model, m, B in AB_CASES:
+    for model, m, B in cases:
         ta, tb = times[model, m, B, a], times[model, m, B, b]
         each = [", ".join(f"{t * 1e3:.1f}" for t in ts) for ts in (ta, tb)]
         ratio = statistics.mean(tb) / statistics.mean(ta)
@@ -487,6 +490,11 @@ def scenario_pattern(quick: bool) -> str:
 
 def scenario_sched(quick: bool) -> str:
     return ab_table(("default policy", "perf.worker_batch=false"), ("SCHED_BATCH", "perf.worker_batch=true"), quick)
+
+
+def scenario_slots(quick: bool) -> str:
+    return ab_table(("no slots", "perf.compute_slots=0"), ("slots", "perf.compute_slots=auto"), quick,
+                    cases=(*AB_CASES, ("cnn", 8, 256)))
 
 
 def scenario_scaling(quick: bool) -> str:
@@ -598,7 +606,7 @@ def scenario_gpu(quick: bool) -> str:
 
 SCENARIOS = {"round": scenario_round, "steps": scenario_steps, "threads": scenario_threads,
              "scaling": scenario_scaling, "comm": scenario_comm, "pattern": scenario_pattern, "sched": scenario_sched,
-             "gpu": scenario_gpu,
+             "slots": scenario_slots, "gpu": scenario_gpu,
              "aggregators": None}  # launch.bench_aggregators writes its own section
 TITLES = {"round": "Round overhead vs the floor (CPU, Gloo, 1 + 8 processes)",
           "steps": "What sharing a core costs a step (CPU)",
@@ -607,6 +615,7 @@ TITLES = {"round": "Round overhead vs the floor (CPU, Gloo, 1 + 8 processes)",
           "comm": "Communication alone: w_t out and the rows back with no compute (CPU, Gloo)",
           "pattern": "Point-to-point against collectives in the whole system (CPU, Gloo)",
           "sched": "Workers under SCHED_BATCH against the default policy in the whole system (CPU, Gloo)",
+          "slots": "Compute slots against none in the whole system (CPU, Gloo)",
           "gpu": "ResNet-20, 1 + 8 ranks on one device, projected to 160 epochs",
           "aggregators": "Aggregation rules"}
 

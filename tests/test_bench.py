@@ -41,6 +41,11 @@ def test_ab_tables_alternate_the_settings_and_compare_their_means(monkeypatch):
     calls.clear()
     bench.scenario_sched(quick=True)  # one job per setting, the policy switched by the last override
     assert [o[-1] for o in calls] == ["perf.worker_batch=false", "perf.worker_batch=true"] * 3
+    calls.clear()
+    lines = bench.scenario_slots(quick=True).splitlines()  # the sched cases and the CNN at B = 256
+    assert [o[-1] for o in calls] == ["perf.compute_slots=0", "perf.compute_slots=auto"] * 4
+    assert "model=cnn" in calls[-1] and "batch_size=256" in calls[-1]
+    assert lines[-1].startswith("| cnn | 8 | 256 |")
 
 
 @pytest.mark.e2e  # 1 + 2 processes, started from a child `python -m launch.run` that inherits `env`

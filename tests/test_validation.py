@@ -56,6 +56,8 @@ CASES = [
     (["aggregator.pre=[{name:bucketing,seed:-1}]"], "aggregator.pre[0].seed=-1 must be in [0, "),
     (["comm.timeout_round_s=1e300"], "comm.timeout_round_s=1e+300 must be <= 1000000"),
     (["perf.worker_batch=maybe"], "perf.worker_batch='maybe' must be true or false"),
+    (["perf.compute_slots=many"], "perf.compute_slots='many' must be auto or an integer >= 0 (0: off)"),
+    (["perf.compute_slots=-1"], "perf.compute_slots=-1 must be auto or an integer >= 0"),
     (["comm.pattern=tree"], "comm.pattern='tree' is unknown; choose one of ['auto', 'p2p', 'collective']"),
     (["comm.backend=nccl", "comm.pattern=p2p"], "comm.pattern=p2p needs the Gloo backend"),
     (["run.dir=[a,b]"], "run.dir=['a', 'b'] must be a path"),

@@ -25,6 +25,7 @@ from common.models import build_model
 from .attacks import AttackContext, get_attack
 from .data import ShardSampler
 from .sched import run_as_batch
+from .slots import open_slots
 
 log = logging.getLogger("byz")
 META = 2  # trailing floats of the row: compute seconds, train loss
@@ -82,6 +83,7 @@ class Worker:
         self.autocast = perf.get("autocast", "none") == "bf16"
         self.channels_last = bool(perf.get("channels_last", False)) and x.dim() == 4
         self.batch_sched = bool(perf.get("worker_batch", True))
+        self.compute_slots = perf.get("compute_slots", "auto")
         if self.exchange:
             group_size = topo.m if self.knowledge_mode == "omniscient" else len(self.byzantine)
             self._known = torch.zeros(group_size, self.d, device=self.device)
@@ -136,6 +138,7 @@ class Worker:
         meta = row[d + k:].numpy() if row.device.type == "cpu" else None
         heartbeat = Heartbeat(self.topo)
         fault_at = fault_round(cfg, self.index)
+        slots = open_slots(self.topo, self.compute_slots)
         dist.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
         if self.batch_sched:  # after the barrier: Gloo's threads exist by now
             run_as_batch()
@@ -150,8 +153,9 @@ class Worker:
             if t == fault_at:
                 maybe_inject(cfg, self.index, t)
             t0 = time.perf_counter()
-            loss = self.gradient(t)
-            momentum_step(self.u, self.fm.grad, self.beta, first=self.t_done < 0)
+            with slots.step():  # at most `cores` workers of this host compute at once (worker/slots.py)
+                loss = self.gradient(t)
+                momentum_step(self.u, self.fm.grad, self.beta, first=self.t_done < 0)
             self.t_done = t
             honest = self.knowledge()
             v = self.u
@@ -171,4 +175,5 @@ class Worker:
                 row[d + k:].copy_(torch.tensor([time.perf_counter() - t0, loss]))
             self.chan.gather()
             heartbeat.sent(t)
+        slots.close()
         dist.barrier()

@@ -1,0 +1,158 @@
+"""Compute slots (worker/slots.py): how many workers of a host may compute at once, the token pipe's
+hold and return, and the set-up over a real Gloo group of 1 server + 3 workers with 2 slots."""
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import tempfile
+import termios
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from common.dist import Topology
+from worker.slots import MIN_STEP_S, ComputeSlots, open_slots, slot_count
+
+
+def _tokens(fd: int) -> int:
+    """Bytes waiting in the pipe behind `fd`, without taking any."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+
+
+def test_slot_count_one_per_core_when_workers_outnumber_cores():
+    assert slot_count("auto", local_workers=8, cores=2) == 2
+    assert slot_count("auto", local_workers=2, cores=2) == 0  # a core each: nobody would wait
+    assert slot_count("auto", local_workers=2, cores=16) == 0
+    assert slot_count(3, local_workers=8, cores=2) == 3
+    assert slot_count(8, local_workers=8, cores=2) == 0
+    assert slot_count(0, local_workers=8, cores=2) == 0
+
+
+def test_a_step_holds_a_token_only_when_the_last_one_was_long_and_always_returns_it(tmp_path):
+    path = str(tmp_path / "tokens")
+    os.mkfifo(path)
+    fd = os.open(path, os.O_RDWR)
+    os.write(fd, b"s")
+    slots = ComputeSlots(fd, 1)
+    with slots.step():  # the first step's cost is unknown: no token
+        assert _tokens(fd) == 1
+        busy = time.thread_time() + 2 * MIN_STEP_S
+        while time.thread_time() < busy:
+            pass
+    assert slots.last_step_s >= MIN_STEP_S
+    with slots.step():
+        assert _tokens(fd) == 0  # held
+    assert _tokens(fd) == 1
+    slots.last_step_s = 1.0
+    with pytest.raises(ValueError):
+        with slots.step():
+            raise ValueError("a failing step")
+    assert _tokens(fd) == 1  # returned all the same
+    slots.last_step_s = MIN_STEP_S / 10  # a short step: no token, so no system call
+    with slots.step():
+        assert _tokens(fd) == 1
+    slots.close()
+    with ComputeSlots().step():  # slots off: a plain block
+        pass
+
+
+WORLD, STEPS, STEP_S = 4, 4, 0.05
+
+
+def _rank_main(rank: int, store_path: str, requested, queue) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD)
+    try:
+        workers = list(range(1, WORLD))
+        group = dist.new_group(workers)
+        if rank == 0:
+            return
+        topo = Topology(rank, WORLD, 0, workers, torch.device("cpu"), "gloo", dist.group.WORLD, group)
+        slots = open_slots(topo, requested)
+        spans = []
+        for _ in range(STEPS):
+            with slots.step():
+                t0 = time.perf_counter()
+                while time.perf_counter() - t0 < STEP_S:  # a step: CPU work, longer than MIN_STEP_S
+                    pass
+                spans.append((t0, time.perf_counter()))
+        queue.put((rank, slots.count, spans[1:]))  # the first step took no token
+        slots.close()
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(tmp_path, requested) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_rank_main, args=(r, str(tmp_path / "store"), requested, queue))
+             for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    got = {}
+    for _ in range(WORLD - 1):
+        rank, count, spans = queue.get(timeout=120)
+        got[rank] = (count, spans)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return got
+
+
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans], key=lambda e: (e[0], e[1]))
+    now = most = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.e2e
+def test_two_slots_let_at_most_two_of_three_workers_compute_at_once(tmp_path):
+    before = set(os.listdir(tempfile.gettempdir()))
+    got = _run(tmp_path, 2)
+    assert sorted(got) == [1, 2, 3] and all(count == 2 for count, _ in got.values())
+    spans = [s for _, ss in got.values() for s in ss]
+    assert len(spans) == 3 * (STEPS - 1)
+    assert _most_at_once(spans) <= 2
+    left = {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("byz-slots-")}
+    assert not left  # the maker removed the pipe's name once every worker had it open
+
+
+def _maker_alone(store_path: str, queue) -> None:
+    """Rank 0 of a 1-process group plays the maker of a host with 2 workers and 1 slot (the second
+    worker never comes: its barriers are the group of one)."""
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=0, world_size=1)
+    try:
+        topo = Topology(0, 3, 2, [0, 1], torch.device("cpu"), "gloo", dist.group.WORLD, dist.group.WORLD)
+        slots = open_slots(topo, 1)
+        made = (slots.count, _tokens(slots.fd))
+        slots.close()
+
+        def no_fifo(path, mode=0o600):
+            raise PermissionError(13, "Permission denied", path)
+
+        os.mkfifo = no_fifo
+        failed = open_slots(topo, 1)
+        store = dist.distributed_c10d._get_default_store()
+        queue.put((made, failed.fd, failed.count, store.get("byz/slots/0").decode()))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.e2e
+def test_the_maker_fills_the_pipe_and_without_a_pipe_every_worker_computes_without_slots(tmp_path):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_maker_alone, args=(str(tmp_path / "store"), queue))
+    p.start()
+    made, fd, count, published = queue.get(timeout=120)
+    p.join(timeout=60)
+    assert p.exitcode == 0
+    assert made == (1, 1)  # one slot, its token in the pipe
+    assert fd is None and count == 0 and published == ""  # the others read "" and go without slots

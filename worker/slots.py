@@ -1,0 +1,116 @@
+"""Compute slots: at most N workers of one host run their step at once (a pipe of N tokens, the way
+make's jobserver shares its jobs among processes).
+
+When a host runs more single-threaded workers than it has cores, the kernel time-slices their steps: a
+step is cut into pieces, and each piece resumes on caches that the other steps have refilled. With
+slots, a worker reads one token from the pipe before its step (gradient and momentum) and writes it
+back after, so N steps run whole and the other workers wait, asleep, in the order they asked (Linux
+wakes one reader of a pipe at a time, the longest waiting first). Only the order in which the workers
+compute changes, never what they compute. No communication happens while a token is held (the round's
+messages and the attacks' knowledge exchange come after the step), so a held token is always returned.
+
+A step shorter than MIN_STEP_S takes no token: a time slice does not cut it, and the token's two system
+calls and wake-ups would be pure cost (docs/PERFORMANCE.md, `python -m launch.bench slots`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+
+import torch.distributed as dist
+
+from common.dist import Topology
+
+log = logging.getLogger("byz")
+TOKEN = b"s"
+MIN_STEP_S = 1e-3  # CPU seconds of the previous step from which the next one takes a token
+STORE_KEY = "byz/slots/{host}"
+
+
+def slot_count(requested: str | int, local_workers: int, cores: int) -> int:
+    """How many of this host's `local_workers` may compute at once; 0 turns slots off. `auto`: one per
+    core when the workers outnumber the cores. A count at or above the number of workers would never
+    make one wait, so it is off too."""
+    n = cores if requested == "auto" else int(requested)
+    return n if 0 < n < local_workers else 0
+
+
+class ComputeSlots:
+    """`with slots.step(): ...` runs the block holding a token (when slots are on and the previous step
+    took at least MIN_STEP_S of this thread's CPU time)."""
+
+    def __init__(self, fd: int | None = None, count: int = 0):
+        self.fd, self.count = fd, count
+        self.last_step_s = 0.0  # the first step runs without a token: its cost is not known yet
+
+    @contextmanager
+    def step(self):
+        held = self.fd is not None and self.last_step_s >= MIN_STEP_S
+        if held:
+            os.read(self.fd, 1)  # blocks until a token is free
+        c0 = time.thread_time()
+        try:
+            yield
+        finally:
+            self.last_step_s = time.thread_time() - c0
+            if held:
+                os.write(self.fd, TOKEN)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def open_slots(topo: Topology, requested: str | int) -> ComputeSlots:
+    """Every ByzSGD worker of the run calls this at start-up with the same `requested` (perf.compute_slots).
+    On Gloo the workers meet twice on the worker group (slots are for workers on CPU cores; with NCCL
+    every rank owns a GPU). The lowest worker rank of each host makes the pipe (a FIFO in a fresh
+    temporary folder), fills it with the host's count of tokens and publishes its path in the group's
+    store; the host's other workers open it; then the maker removes the name (the open pipe lives on).
+    A worker that cannot join computes without tokens, and says so."""
+    if requested in (0, "0") or topo.backend != "gloo":  # the same on every worker: all meet, or none
+        return ComputeSlots()
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    me = topo.hosts[topo.rank] if topo.hosts else 0
+    local = [r for r in topo.workers if (topo.hosts[r] if topo.hosts else 0) == me]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    count = slot_count(requested, len(local), cores) if topo.device.type == "cpu" else 0
+    maker, store, key = topo.rank == min(local), _get_default_store(), STORE_KEY.format(host=me)
+    fd, folder = None, None
+    if count and maker:
+        try:
+            folder = tempfile.mkdtemp(prefix="byz-slots-")
+            path = os.path.join(folder, "tokens")
+            os.mkfifo(path, 0o600)
+            fd = os.open(path, os.O_RDWR)  # read-write: never blocks on open, never sees end-of-file
+            os.write(fd, TOKEN * count)
+            store.set(key, path)
+        except OSError as e:
+            log.warning("perf.compute_slots: cannot make the token pipe (%s); workers compute without slots", e)
+            if fd is not None:
+                os.close(fd)
+                fd = None
+            store.set(key, "")
+    dist.barrier(group=topo.worker_group)
+    if count and not maker:
+        path = store.get(key).decode()
+        try:
+            fd = os.open(path, os.O_RDWR) if path else None
+        except OSError as e:
+            log.warning("perf.compute_slots: cannot open the token pipe %s (%s); this worker computes without "
+                        "slots", path, e)
+    dist.barrier(group=topo.worker_group)
+    if folder is not None:
+        for remove, name in ((os.unlink, os.path.join(folder, "tokens")), (os.rmdir, folder)):
+            try:
+                remove(name)
+            except OSError:
+                pass
+    if fd is not None and maker:
+        log.info("perf.compute_slots: %d of this host's %d workers compute at once", count, len(local))
+    return ComputeSlots(fd, count if fd is not None else 0)
