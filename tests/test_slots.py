@@ -8,6 +8,7 @@ import struct
 import tempfile
 import termios
 import time
+from datetime import timedelta
 
 import pytest
 import torch
@@ -24,12 +25,14 @@ def _tokens(fd: int) -> int:
 
 
 def test_slot_count_one_per_core_when_workers_outnumber_cores():
-    assert slot_count("auto", local_workers=8, cores=2) == 2
-    assert slot_count("auto", local_workers=2, cores=2) == 0  # a core each: nobody would wait
-    assert slot_count("auto", local_workers=2, cores=16) == 0
-    assert slot_count(3, local_workers=8, cores=2) == 3
-    assert slot_count(8, local_workers=8, cores=2) == 0
-    assert slot_count(0, local_workers=8, cores=2) == 0
+    assert slot_count("auto", local_workers=8, usable=2, machine=2) == 2
+    assert slot_count("auto", local_workers=2, usable=2, machine=2) == 0  # a core each: nobody would wait
+    assert slot_count("auto", local_workers=2, usable=16, machine=16) == 0
+    assert slot_count("auto", local_workers=8, usable=1, machine=16) == 0  # bound to a core by a launcher
+    assert slot_count(3, local_workers=8, usable=2, machine=2) == 3
+    assert slot_count(3, local_workers=8, usable=1, machine=16) == 3  # asked for: taken as given
+    assert slot_count(8, local_workers=8, usable=2, machine=2) == 0
+    assert slot_count(0, local_workers=8, usable=2, machine=2) == 0
 
 
 def test_a_step_holds_a_token_only_when_the_last_one_was_long_and_always_returns_it(tmp_path):
@@ -72,7 +75,7 @@ def _rank_main(rank: int, store_path: str, requested, queue) -> None:
         if rank == 0:
             return
         topo = Topology(rank, WORLD, 0, workers, torch.device("cpu"), "gloo", dist.group.WORLD, group)
-        slots = open_slots(topo, requested)
+        slots = open_slots(topo, requested, timedelta(seconds=60))
         spans = []
         for _ in range(STEPS):
             with slots.step():
@@ -125,12 +128,16 @@ def test_two_slots_let_at_most_two_of_three_workers_compute_at_once(tmp_path):
 
 
 def _maker_alone(store_path: str, queue) -> None:
-    """Rank 0 of a 1-process group plays the maker of a host with 2 workers and 1 slot (the second
-    worker never comes: its barriers are the group of one)."""
+    """A 1-process group plays the workers of a host with 3 workers and 2 slots in turn (their barriers
+    are the group of one): the maker (rank 0), then, after a maker that could not make the pipe, one of
+    the others (rank 1)."""
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=0, world_size=1)
     try:
-        topo = Topology(0, 3, 2, [0, 1], torch.device("cpu"), "gloo", dist.group.WORLD, dist.group.WORLD)
-        slots = open_slots(topo, 1)
+        def as_rank(rank: int) -> Topology:
+            return Topology(rank, 4, 3, [0, 1, 2], torch.device("cpu"), "gloo", dist.group.WORLD, dist.group.WORLD)
+
+        start = timedelta(seconds=60)
+        slots = open_slots(as_rank(0), 2, start)
         made = (slots.count, _tokens(slots.fd))
         slots.close()
 
@@ -138,9 +145,11 @@ def _maker_alone(store_path: str, queue) -> None:
             raise PermissionError(13, "Permission denied", path)
 
         os.mkfifo = no_fifo
-        failed = open_slots(topo, 1)
+        failed = open_slots(as_rank(0), 2, start)
         store = dist.distributed_c10d._get_default_store()
-        queue.put((made, failed.fd, failed.count, store.get("byz/slots/0").decode()))
+        published = store.get("byz/slots/0").decode()
+        other = open_slots(as_rank(1), 2, start)  # follows what the maker published
+        queue.put((made, (failed.fd, failed.count), published, (other.fd, other.count)))
     finally:
         dist.destroy_process_group()
 
@@ -151,8 +160,9 @@ def test_the_maker_fills_the_pipe_and_without_a_pipe_every_worker_computes_witho
     queue = ctx.Queue()
     p = ctx.Process(target=_maker_alone, args=(str(tmp_path / "store"), queue))
     p.start()
-    made, fd, count, published = queue.get(timeout=120)
+    made, failed, published, other = queue.get(timeout=120)
     p.join(timeout=60)
     assert p.exitcode == 0
-    assert made == (1, 1)  # one slot, its token in the pipe
-    assert fd is None and count == 0 and published == ""  # the others read "" and go without slots
+    assert made == (2, 2)  # two slots, both tokens in the pipe
+    assert failed == (None, 0) and published == "0:"  # no pipe: count 0 published, no path
+    assert other == (None, 0)  # the host's other workers follow it

@@ -9,8 +9,9 @@ wakes one reader of a pipe at a time, the longest waiting first). Only the order
 compute changes, never what they compute. No communication happens while a token is held (the round's
 messages and the attacks' knowledge exchange come after the step), so a held token is always returned.
 
-A step shorter than MIN_STEP_S takes no token: a time slice does not cut it, and the token's two system
-calls and wake-ups would be pure cost (docs/PERFORMANCE.md, `python -m launch.bench slots`).
+A step takes a token only when the worker's previous step took at least MIN_STEP_S of its CPU time (so
+the first step takes none): a time slice does not cut a shorter step, and the token's two system calls
+and wake-ups would be pure cost (docs/PERFORMANCE.md, `python -m launch.bench slots`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import os
 import tempfile
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 
 import torch.distributed as dist
 
@@ -30,11 +32,13 @@ MIN_STEP_S = 1e-3  # CPU seconds of the previous step from which the next one ta
 STORE_KEY = "byz/slots/{host}"
 
 
-def slot_count(requested: str | int, local_workers: int, cores: int) -> int:
+def slot_count(requested: str | int, local_workers: int, usable: int, machine: int) -> int:
     """How many of this host's `local_workers` may compute at once; 0 turns slots off. `auto`: one per
-    core when the workers outnumber the cores. A count at or above the number of workers would never
-    make one wait, so it is off too."""
-    n = cores if requested == "auto" else int(requested)
+    core when the workers outnumber the cores, counted only when this process may run on every core of
+    the machine (`usable == machine`): ranks that a launcher bound to cores are placed already, and one
+    bound to a single core would otherwise make the whole host compute one step at a time. A count at or
+    above the number of workers would never make one wait, so it is off too."""
+    n = (usable if usable == machine else 0) if requested == "auto" else int(requested)
     return n if 0 < n < local_workers else 0
 
 
@@ -65,52 +69,68 @@ class ComputeSlots:
             self.fd = None
 
 
-def open_slots(topo: Topology, requested: str | int) -> ComputeSlots:
+def _make_pipe(count: int) -> tuple[int | None, str | None]:
+    """A FIFO in a fresh temporary folder holding `count` tokens, opened read-write (such an open never
+    blocks and its reads never see end-of-file): (fd, folder), or (None, folder) when it cannot be made."""
+    fd, folder = None, None
+    try:
+        folder = tempfile.mkdtemp(prefix="byz-slots-")
+        os.mkfifo(os.path.join(folder, "tokens"), 0o600)
+        fd = os.open(os.path.join(folder, "tokens"), os.O_RDWR)
+        os.write(fd, TOKEN * count)
+        return fd, folder
+    except OSError as e:
+        log.warning("perf.compute_slots: cannot make the token pipe (%s); workers compute without slots", e)
+        if fd is not None:
+            os.close(fd)
+        return None, folder
+
+
+def _remove(folder: str) -> None:
+    for remove, name in ((os.unlink, os.path.join(folder, "tokens")), (os.rmdir, folder)):
+        try:
+            remove(name)
+        except OSError:
+            pass
+
+
+def open_slots(topo: Topology, requested: str | int, timeout: timedelta) -> ComputeSlots:
     """Every ByzSGD worker of the run calls this at start-up with the same `requested` (perf.compute_slots).
-    On Gloo the workers meet twice on the worker group (slots are for workers on CPU cores; with NCCL
-    every rank owns a GPU). The lowest worker rank of each host makes the pipe (a FIFO in a fresh
-    temporary folder), fills it with the host's count of tokens and publishes its path in the group's
-    store; the host's other workers open it; then the maker removes the name (the open pipe lives on).
-    A worker that cannot join computes without tokens, and says so."""
-    if requested in (0, "0") or topo.backend != "gloo":  # the same on every worker: all meet, or none
+    On Gloo the workers meet twice on the worker group, within the start-up `timeout` (slots are for
+    workers on CPU cores; with NCCL every rank owns a GPU). The lowest worker rank of each host decides
+    for the host: it makes the pipe, fills it with the host's count of tokens and publishes count and path
+    in the group's store (count 0 and no path when slots are off there or the pipe cannot be made); the
+    host's other workers follow what it published; then it removes the pipe's name (the open pipe lives
+    on). A worker that cannot open the pipe computes without tokens, and says so."""
+    if requested == 0 or topo.backend != "gloo":  # the same on every worker: all meet, or none
         return ComputeSlots()
     from torch.distributed.distributed_c10d import _get_default_store
 
     me = topo.hosts[topo.rank] if topo.hosts else 0
     local = [r for r in topo.workers if (topo.hosts[r] if topo.hosts else 0) == me]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    count = slot_count(requested, len(local), cores) if topo.device.type == "cpu" else 0
     maker, store, key = topo.rank == min(local), _get_default_store(), STORE_KEY.format(host=me)
-    fd, folder = None, None
-    if count and maker:
-        try:
-            folder = tempfile.mkdtemp(prefix="byz-slots-")
-            path = os.path.join(folder, "tokens")
-            os.mkfifo(path, 0o600)
-            fd = os.open(path, os.O_RDWR)  # read-write: never blocks on open, never sees end-of-file
-            os.write(fd, TOKEN * count)
-            store.set(key, path)
-        except OSError as e:
-            log.warning("perf.compute_slots: cannot make the token pipe (%s); workers compute without slots", e)
-            if fd is not None:
-                os.close(fd)
-                fd = None
-            store.set(key, "")
-    dist.barrier(group=topo.worker_group)
-    if count and not maker:
-        path = store.get(key).decode()
-        try:
-            fd = os.open(path, os.O_RDWR) if path else None
-        except OSError as e:
-            log.warning("perf.compute_slots: cannot open the token pipe %s (%s); this worker computes without "
-                        "slots", path, e)
-    dist.barrier(group=topo.worker_group)
-    if folder is not None:
-        for remove, name in ((os.unlink, os.path.join(folder, "tokens")), (os.rmdir, folder)):
-            try:
-                remove(name)
-            except OSError:
-                pass
+    fd, folder, count = None, None, 0
+    try:
+        if maker:
+            if topo.device.type == "cpu" and hasattr(os, "sched_getaffinity"):
+                count = slot_count(requested, len(local), len(os.sched_getaffinity(0)), os.cpu_count() or 1)
+            if count:
+                fd, folder = _make_pipe(count)
+                count = count if fd is not None else 0
+            store.set(key, f"{count}:{os.path.join(folder, 'tokens') if count else ''}")
+        dist.monitored_barrier(group=topo.worker_group, timeout=timeout)
+        if not maker:
+            published, path = store.get(key).decode().split(":", 1)
+            if int(published) and topo.device.type == "cpu":
+                try:
+                    fd, count = os.open(path, os.O_RDWR), int(published)
+                except OSError as e:
+                    log.warning("perf.compute_slots: cannot open the token pipe %s (%s); this worker computes "
+                                "without slots", path, e)
+        dist.monitored_barrier(group=topo.worker_group, timeout=timeout)
+    finally:
+        if folder is not None:
+            _remove(folder)
     if fd is not None and maker:
         log.info("perf.compute_slots: %d of this host's %d workers compute at once", count, len(local))
-    return ComputeSlots(fd, count if fd is not None else 0)
+    return ComputeSlots(fd, count)

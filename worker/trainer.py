@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -138,7 +139,7 @@ class Worker:
         meta = row[d + k:].numpy() if row.device.type == "cpu" else None
         heartbeat = Heartbeat(self.topo)
         fault_at = fault_round(cfg, self.index)
-        slots = open_slots(self.topo, self.compute_slots)
+        slots = open_slots(self.topo, self.compute_slots, timedelta(seconds=float(cfg.comm.timeout_start_s)))
         dist.barrier()  # every rank is set up (start-up timeout); rounds use the round timeout
         if self.batch_sched:  # after the barrier: Gloo's threads exist by now
             run_as_batch()
