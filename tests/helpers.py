@@ -9,6 +9,24 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def run_ranks(target, world: int, store_path: str, *args, messages: int, timeout: float = 120) -> list:
+    """Start `world` spawned processes `target(rank, store_path, *args, queue)` (each joins a Gloo group
+    through the file store at `store_path`), return the first `messages` items they put on the queue, and
+    check that every process exits cleanly."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, store_path, *args, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    items = [queue.get(timeout=timeout) for _ in range(messages)]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0, f"rank {procs.index(p)} exited with {p.exitcode}"
+    return items
+
+
 def launch(run_dir, *overrides: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
     """`python -m launch.run` with the given overrides and run.dir; returns the finished process."""
     cmd = [sys.executable, "-m", "launch.run", *overrides, "log.progress=false"]

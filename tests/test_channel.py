@@ -9,10 +9,9 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from common.dist import Channel, Topology, choose_backend, choose_pattern, device_key
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_ranks
 
 WORLD, D, ROUNDS = 4, 5, 3
 PATTERNS = ("collective", "p2p")
@@ -50,18 +49,8 @@ def _rank_main(rank: int, store_path: str, queue) -> None:
 
 @pytest.mark.e2e
 def test_broadcast_reaches_every_worker_and_gather_returns_rows_in_worker_order(tmp_path):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_rank_main, args=(r, str(tmp_path / "store"), queue)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    got = {}
-    for _ in range(len(PATTERNS) * 3 * (ROUNDS + WORLD - 1)):
-        pattern, server, t, rank, value = queue.get(timeout=120)
-        got[pattern, server, t, rank] = value
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    items = run_ranks(_rank_main, WORLD, str(tmp_path / "store"), messages=len(PATTERNS) * 3 * (ROUNDS + WORLD - 1))
+    got = {(pattern, server, t, rank): value for pattern, server, t, rank, value in items}
     for pattern in PATTERNS:
         for server in (0, 1, WORLD - 1):
             for t in range(ROUNDS):

@@ -13,9 +13,9 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from common.dist import Topology
+from tests.helpers import run_ranks
 from worker.slots import MIN_STEP_S, ComputeSlots, open_slots, slot_count
 
 
@@ -59,8 +59,11 @@ def test_a_step_holds_a_token_only_when_the_last_one_was_long_and_always_returns
     with slots.step():
         assert _tokens(fd) == 1
     slots.close()
-    with ComputeSlots().step():  # slots off: a plain block
+    off = ComputeSlots()  # slots off: the block runs and is measured, no token is asked for
+    off.last_step_s = 1.0
+    with off.step():
         pass
+    assert off.fd is None and off.last_step_s < 1.0
 
 
 WORLD, STEPS, STEP_S = 4, 4, 0.05
@@ -90,20 +93,8 @@ def _rank_main(rank: int, store_path: str, requested, queue) -> None:
 
 
 def _run(tmp_path, requested) -> dict:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_rank_main, args=(r, str(tmp_path / "store"), requested, queue))
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    got = {}
-    for _ in range(WORLD - 1):
-        rank, count, spans = queue.get(timeout=120)
-        got[rank] = (count, spans)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    return got
+    items = run_ranks(_rank_main, WORLD, str(tmp_path / "store"), requested, messages=WORLD - 1)
+    return {rank: (count, spans) for rank, count, spans in items}
 
 
 def _most_at_once(spans: list[tuple[float, float]]) -> int:
@@ -127,7 +118,7 @@ def test_two_slots_let_at_most_two_of_three_workers_compute_at_once(tmp_path):
     assert not left  # the maker removed the pipe's name once every worker had it open
 
 
-def _maker_alone(store_path: str, queue) -> None:
+def _maker_alone(rank: int, store_path: str, queue) -> None:
     """A 1-process group plays the workers of a host with 3 workers and 2 slots in turn (their barriers
     are the group of one): the maker (rank 0), then, after a maker that could not make the pipe, one of
     the others (rank 1)."""
@@ -156,13 +147,7 @@ def _maker_alone(store_path: str, queue) -> None:
 
 @pytest.mark.e2e
 def test_the_maker_fills_the_pipe_and_without_a_pipe_every_worker_computes_without_slots(tmp_path):
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    p = ctx.Process(target=_maker_alone, args=(str(tmp_path / "store"), queue))
-    p.start()
-    made, failed, published, other = queue.get(timeout=120)
-    p.join(timeout=60)
-    assert p.exitcode == 0
+    [(made, failed, published, other)] = run_ranks(_maker_alone, 1, str(tmp_path / "store"), messages=1)
     assert made == (2, 2)  # two slots, both tokens in the pipe
     assert failed == (None, 0) and published == "0:"  # no pipe: count 0 published, no path
     assert other == (None, 0)  # the host's other workers follow it

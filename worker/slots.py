@@ -4,8 +4,9 @@ make's jobserver shares its jobs among processes).
 When a host runs more single-threaded workers than it has cores, the kernel time-slices their steps: a
 step is cut into pieces, and each piece resumes on caches that the other steps have refilled. With
 slots, a worker reads one token from the pipe before its step (gradient and momentum) and writes it
-back after, so N steps run whole and the other workers wait, asleep, in the order they asked (Linux
-wakes one reader of a pipe at a time, the longest waiting first). Only the order in which the workers
+back after, so N steps run whole and the other workers wait, asleep, about in the order they asked
+(Linux wakes one reader of a pipe at a time, the longest waiting first; a worker that finds a token
+free takes it at once). Only the order in which the workers
 compute changes, never what they compute. No communication happens while a token is held (the round's
 messages and the attacks' knowledge exchange come after the step), so a held token is always returned.
 
@@ -30,6 +31,7 @@ log = logging.getLogger("byz")
 TOKEN = b"s"
 MIN_STEP_S = 1e-3  # CPU seconds of the previous step from which the next one takes a token
 STORE_KEY = "byz/slots/{host}"
+PIPE = "tokens"  # the FIFO's name in its temporary folder
 
 
 def slot_count(requested: str | int, local_workers: int, usable: int, machine: int) -> int:
@@ -70,13 +72,15 @@ class ComputeSlots:
 
 
 def _make_pipe(count: int) -> tuple[int | None, str | None]:
-    """A FIFO in a fresh temporary folder holding `count` tokens, opened read-write (such an open never
-    blocks and its reads never see end-of-file): (fd, folder), or (None, folder) when it cannot be made."""
+    """A FIFO PIPE in a fresh temporary folder holding `count` tokens, opened read-write (such an open
+    never blocks and its reads never see end-of-file): (fd, folder), or (None, folder) when it cannot be
+    made (folder None when not even the folder could)."""
     fd, folder = None, None
     try:
         folder = tempfile.mkdtemp(prefix="byz-slots-")
-        os.mkfifo(os.path.join(folder, "tokens"), 0o600)
-        fd = os.open(os.path.join(folder, "tokens"), os.O_RDWR)
+        path = os.path.join(folder, PIPE)
+        os.mkfifo(path, 0o600)
+        fd = os.open(path, os.O_RDWR)
         os.write(fd, TOKEN * count)
         return fd, folder
     except OSError as e:
@@ -87,7 +91,7 @@ def _make_pipe(count: int) -> tuple[int | None, str | None]:
 
 
 def _remove(folder: str) -> None:
-    for remove, name in ((os.unlink, os.path.join(folder, "tokens")), (os.rmdir, folder)):
+    for remove, name in ((os.unlink, os.path.join(folder, PIPE)), (os.rmdir, folder)):
         try:
             remove(name)
         except OSError:
@@ -106,9 +110,9 @@ def open_slots(topo: Topology, requested: str | int, timeout: timedelta) -> Comp
         return ComputeSlots()
     from torch.distributed.distributed_c10d import _get_default_store
 
-    me = topo.hosts[topo.rank] if topo.hosts else 0
-    local = [r for r in topo.workers if (topo.hosts[r] if topo.hosts else 0) == me]
-    maker, store, key = topo.rank == min(local), _get_default_store(), STORE_KEY.format(host=me)
+    hosts = topo.hosts or [0] * topo.world  # unknown hosts: one host
+    local = [r for r in topo.workers if hosts[r] == hosts[topo.rank]]
+    maker, store, key = topo.rank == min(local), _get_default_store(), STORE_KEY.format(host=hosts[topo.rank])
     fd, folder, count = None, None, 0
     try:
         if maker:
@@ -117,7 +121,7 @@ def open_slots(topo: Topology, requested: str | int, timeout: timedelta) -> Comp
             if count:
                 fd, folder = _make_pipe(count)
                 count = count if fd is not None else 0
-            store.set(key, f"{count}:{os.path.join(folder, 'tokens') if count else ''}")
+            store.set(key, f"{count}:{os.path.join(folder, PIPE) if count else ''}")
         dist.monitored_barrier(group=topo.worker_group, timeout=timeout)
         if not maker:
             published, path = store.get(key).decode().split(":", 1)
